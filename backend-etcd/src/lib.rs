@@ -1,0 +1,1 @@
+//! placeholder: the etcd backend is being written.

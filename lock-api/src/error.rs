@@ -1,0 +1,138 @@
+//! The one error type every backend returns.
+
+use std::time::Duration;
+
+/// A boxed error from below locksmith (a transport, a parser, an etcd reply).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong when taking, holding or configuring a lock.
+///
+/// `Display` says what failed and how to fix it; [`std::error::Error::source`] says why,
+/// where a lower layer had a cause.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock name breaks one of the naming rules (see [`validate_name`](crate::validate_name)).
+    #[error("invalid lock name {name:?}: {rule}")]
+    InvalidName {
+        /// The name as given (cut to 64 characters).
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+
+    /// A configuration value, URL or file could not be used.
+    #[error("invalid locksmith config: {message}")]
+    InvalidConfig {
+        /// What is wrong and how to fix it.
+        message: String,
+        /// The parser's own error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The client session ended (expired, revoked or closed) before or while the operation ran.
+    ///
+    /// A waiter whose session ends fails with this error instead of acquiring; no lock is held.
+    /// Open a new client to go on.
+    #[error("lock session {session} is gone ({reason}): open a new client to take locks again")]
+    SessionLost {
+        /// The session id (the etcd lease id in hex, or the memory session number).
+        session: String,
+        /// Why it ended.
+        reason: LossReason,
+    },
+
+    /// The lock was no longer held when the guard tried to release it.
+    #[error("lock {name:?} was lost before unlock ({reason})")]
+    LockLost {
+        /// The lock name.
+        name: String,
+        /// Why ownership ended.
+        reason: LossReason,
+    },
+
+    /// The backend could not be reached in time.
+    #[error("{backend} at {endpoint} unavailable{}: {source}", after_text(.after))]
+    Unavailable {
+        /// The backend kind, such as `"etcd"`.
+        backend: &'static str,
+        /// The endpoint or endpoints tried.
+        endpoint: String,
+        /// How long was waited, where a deadline applied.
+        after: Option<Duration>,
+        /// The cause reported by the transport.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The backend refused or failed an operation (authentication, permissions, a bad reply).
+    #[error("{backend} failed to {operation}: {source}")]
+    Backend {
+        /// The backend kind, such as `"etcd"`.
+        backend: &'static str,
+        /// What was being done, such as `"grant a lease"`.
+        operation: String,
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+fn after_text(after: &Option<Duration>) -> String {
+    match after {
+        Some(d) => format!(" after {d:?}"),
+        None => String::new(),
+    }
+}
+
+impl LockError {
+    /// Builds an [`LockError::InvalidConfig`] with no underlying cause.
+    pub fn config(message: impl Into<String>) -> Self {
+        LockError::InvalidConfig {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Builds an [`LockError::InvalidConfig`] that keeps the parser's error as its source.
+    pub fn config_with(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        LockError::InvalidConfig {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// True for [`LockError::SessionLost`].
+    pub fn is_session_lost(&self) -> bool {
+        matches!(self, LockError::SessionLost { .. })
+    }
+}
+
+/// Why a session or a hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// The session's TTL ran out without a keepalive (a crash, a pause, a partition).
+    Expired,
+    /// The session was closed by its client (`close()` or the last handle dropped).
+    Closed,
+    /// The session was revoked from outside (an operator or another client).
+    Revoked,
+    /// The hold itself was removed from outside (its key deleted), the session lives on.
+    Deleted,
+    /// The backend could no longer tell whether the hold is still owned.
+    Unknown,
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LossReason::Expired => "session expired",
+            LossReason::Closed => "session closed",
+            LossReason::Revoked => "session revoked",
+            LossReason::Deleted => "hold deleted",
+            LossReason::Unknown => "ownership unknown",
+        })
+    }
+}

@@ -1,0 +1,474 @@
+//! A FIFO table of named in-process locks: the queue bookkeeping every backend needs.
+//!
+//! The memory backend keeps its whole store in one [`LockTable`]; the etcd backend uses one
+//! per session to serialize its own tasks on a name before they touch etcd. Each entry carries
+//! a backend-defined tag (the memory backend stores the session and loss signal there).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::{FencingToken, LockError, LossReason};
+
+/// FIFO locks by name, with the state for a name freed as soon as nobody holds or waits.
+///
+/// `acquire` is cancel-safe: a dropped waiter leaves the queue, and a handoff that reaches a
+/// waiter just as it is dropped passes on to the next one.
+pub struct LockTable<T> {
+    state: Mutex<TableState<T>>,
+}
+
+struct TableState<T> {
+    names: HashMap<String, NameQueue<T>>,
+    next_ticket: u64,
+    last_token: u64,
+}
+
+struct NameQueue<T> {
+    holder: Option<Holder<T>>,
+    waiters: VecDeque<Waiter<T>>,
+}
+
+struct Holder<T> {
+    ticket: u64,
+    tag: T,
+}
+
+struct Waiter<T> {
+    ticket: u64,
+    tag: T,
+    wake: oneshot::Sender<Result<FencingToken, LockError>>,
+}
+
+impl<T> Default for NameQueue<T> {
+    fn default() -> Self {
+        NameQueue {
+            holder: None,
+            waiters: VecDeque::new(),
+        }
+    }
+}
+
+impl<T: Clone + Send + 'static> LockTable<T> {
+    /// An empty table whose fencing tokens start at 1.
+    pub fn new() -> Arc<Self> {
+        Arc::new(LockTable {
+            state: Mutex::new(TableState {
+                names: HashMap::new(),
+                next_ticket: 0,
+                last_token: 0,
+            }),
+        })
+    }
+
+    /// Waits in FIFO order until `name` is ours.
+    ///
+    /// # Errors
+    /// Whatever error [`evict_where`](Self::evict_where) failed this waiter with.
+    ///
+    /// # Cancel safety
+    /// Dropping the future withdraws the waiter, or passes the lock on if it was handed over
+    /// in the meantime: nobody is ever left waiting behind an abandoned entry.
+    pub async fn acquire(self: &Arc<Self>, name: &str, tag: T) -> Result<Ticket<T>, LockError> {
+        let (ticket, wake) = {
+            let mut state = self.state.lock();
+            let ticket = state.new_ticket();
+            let queue = state.names.entry(name.to_owned()).or_default();
+            if queue.holder.is_none() && queue.waiters.is_empty() {
+                queue.holder = Some(Holder { ticket, tag });
+                let token = state.new_token();
+                return Ok(self.ticket(name, ticket, token));
+            }
+            let (tx, rx) = oneshot::channel();
+            queue.waiters.push_back(Waiter {
+                ticket,
+                tag,
+                wake: tx,
+            });
+            (ticket, rx)
+        };
+        let mut withdraw = Withdraw {
+            table: self,
+            name,
+            ticket,
+            armed: true,
+        };
+        let outcome = wake.await;
+        withdraw.armed = false;
+        match outcome {
+            Ok(Ok(token)) => Ok(self.ticket(name, ticket, token)),
+            Ok(Err(err)) => Err(err),
+            // Waiters are only removed after being sent a result; this is defensive.
+            Err(_) => Err(LockError::LockLost {
+                name: name.to_owned(),
+                reason: LossReason::Unknown,
+            }),
+        }
+    }
+
+    /// Takes `name` only if nobody holds it and nobody waits for it.
+    pub fn try_acquire(self: &Arc<Self>, name: &str, tag: T) -> Option<Ticket<T>> {
+        let mut state = self.state.lock();
+        if state
+            .names
+            .get(name)
+            .is_some_and(|q| q.holder.is_some() || !q.waiters.is_empty())
+        {
+            return None;
+        }
+        let ticket = state.new_ticket();
+        let queue = state.names.entry(name.to_owned()).or_default();
+        queue.holder = Some(Holder { ticket, tag });
+        let token = state.new_token();
+        Some(self.ticket(name, ticket, token))
+    }
+
+    /// Removes every holder and waiter whose tag matches, as a session ending does.
+    ///
+    /// `on_evicted` sees each removed holder's tag before the lock passes to the next waiter,
+    /// so a loss can be signalled before anyone else owns the lock. Matching waiters are failed
+    /// with `error()`.
+    pub fn evict_where(
+        &self,
+        matches: impl Fn(&T) -> bool,
+        mut on_evicted: impl FnMut(&str, &T),
+        error: impl Fn() -> LockError,
+    ) {
+        let mut state = self.state.lock();
+        let names: Vec<String> = state
+            .names
+            .iter()
+            .filter(|(_, q)| {
+                q.holder.as_ref().is_some_and(|h| matches(&h.tag))
+                    || q.waiters.iter().any(|w| matches(&w.tag))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            let Some(queue) = state.names.get_mut(&name) else {
+                continue;
+            };
+            for waiter in extract(&mut queue.waiters, |w| matches(&w.tag)) {
+                let _ = waiter.wake.send(Err(error()));
+            }
+            if let Some(holder) = queue.holder.take_if(|h| matches(&h.tag)) {
+                on_evicted(&name, &holder.tag);
+            }
+            state.hand_over(&name);
+        }
+    }
+
+    /// Removes the current holder of `name` (as an operator deleting the hold would) and
+    /// passes the lock on; returns the removed holder's tag.
+    pub fn evict_holder(&self, name: &str) -> Option<T> {
+        let mut state = self.state.lock();
+        let holder = state.names.get_mut(name)?.holder.take()?;
+        state.hand_over(name);
+        Some(holder.tag)
+    }
+
+    /// The tag of the current holder of `name`.
+    pub fn holder(&self, name: &str) -> Option<T> {
+        let state = self.state.lock();
+        state.names.get(name)?.holder.as_ref().map(|h| h.tag.clone())
+    }
+
+    /// How many entries `name` has: its holder (if any) plus its waiters.
+    pub fn queue_len(&self, name: &str) -> usize {
+        let state = self.state.lock();
+        state
+            .names
+            .get(name)
+            .map_or(0, |q| usize::from(q.holder.is_some()) + q.waiters.len())
+    }
+
+    /// How many names have a holder or a waiter.
+    pub fn active_names(&self) -> usize {
+        self.state.lock().names.len()
+    }
+
+    fn ticket(self: &Arc<Self>, name: &str, ticket: u64, token: FencingToken) -> Ticket<T> {
+        Ticket {
+            table: Arc::clone(self),
+            name: name.to_owned(),
+            ticket,
+            token,
+            released: false,
+        }
+    }
+
+    /// Releases `ticket` if it still holds `name`; true when it did.
+    fn release(&self, name: &str, ticket: u64) -> bool {
+        let mut state = self.state.lock();
+        let Some(queue) = state.names.get_mut(name) else {
+            return false;
+        };
+        if queue.holder.take_if(|h| h.ticket == ticket).is_none() {
+            return false;
+        }
+        state.hand_over(name);
+        true
+    }
+
+    /// Undoes an abandoned `acquire`: leaves the queue, or releases what was handed over.
+    fn withdraw(&self, name: &str, ticket: u64) {
+        let mut state = self.state.lock();
+        let Some(queue) = state.names.get_mut(name) else {
+            return;
+        };
+        let before = queue.waiters.len();
+        queue.waiters.retain(|w| w.ticket != ticket);
+        if queue.waiters.len() == before {
+            queue.holder.take_if(|h| h.ticket == ticket);
+        }
+        state.hand_over(name);
+    }
+}
+
+impl<T> TableState<T> {
+    fn new_ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    fn new_token(&mut self) -> FencingToken {
+        self.last_token += 1;
+        FencingToken::new(self.last_token)
+    }
+
+    /// If `name` is free, gives it to the first waiter still listening, or forgets the name
+    /// when nobody waits.
+    fn hand_over(&mut self, name: &str) {
+        loop {
+            let Some(queue) = self.names.get_mut(name) else {
+                return;
+            };
+            if queue.holder.is_some() {
+                return;
+            }
+            let Some(waiter) = queue.waiters.pop_front() else {
+                self.names.remove(name);
+                return;
+            };
+            let token = self.new_token();
+            // A waiter whose future was dropped no longer listens: skip it.
+            if waiter.wake.send(Ok(token)).is_ok() {
+                let Some(queue) = self.names.get_mut(name) else {
+                    return;
+                };
+                queue.holder = Some(Holder {
+                    ticket: waiter.ticket,
+                    tag: waiter.tag,
+                });
+            }
+        }
+    }
+}
+
+fn extract<W>(queue: &mut VecDeque<W>, matches: impl Fn(&W) -> bool) -> Vec<W> {
+    let mut taken = Vec::new();
+    let mut kept = VecDeque::with_capacity(queue.len());
+    for item in queue.drain(..) {
+        if matches(&item) {
+            taken.push(item);
+        } else {
+            kept.push_back(item);
+        }
+    }
+    *queue = kept;
+    taken
+}
+
+struct Withdraw<'a, T: Clone + Send + 'static> {
+    table: &'a LockTable<T>,
+    name: &'a str,
+    ticket: u64,
+    armed: bool,
+}
+
+impl<T: Clone + Send + 'static> Drop for Withdraw<'_, T> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.table.withdraw(self.name, self.ticket);
+        }
+    }
+}
+
+/// Ownership of one name in a [`LockTable`]; released when dropped.
+pub struct Ticket<T: Clone + Send + 'static> {
+    table: Arc<LockTable<T>>,
+    name: String,
+    ticket: u64,
+    token: FencingToken,
+    released: bool,
+}
+
+impl<T: Clone + Send + 'static> Ticket<T> {
+    /// The name this ticket holds.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The table's fencing token for this hold.
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// True while this ticket is still the holder (it was not evicted).
+    pub fn is_held(&self) -> bool {
+        let state = self.table.state.lock();
+        state
+            .names
+            .get(&self.name)
+            .and_then(|q| q.holder.as_ref())
+            .is_some_and(|h| h.ticket == self.ticket)
+    }
+
+    /// Releases the name; false when the ticket had already been evicted.
+    pub fn release(mut self) -> bool {
+        self.released = true;
+        self.table.release(&self.name, self.ticket)
+    }
+}
+
+impl<T: Clone + Send + 'static> Drop for Ticket<T> {
+    fn drop(&mut self) {
+        if !self.released {
+            self.table.release(&self.name, self.ticket);
+        }
+    }
+}
+
+impl<T: Clone + Send + 'static> fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("name", &self.name)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn fifo_handoff_and_tokens() {
+        let table = LockTable::<u32>::new();
+        let first = table.acquire("a", 0).await.unwrap();
+        let mut waiters = Vec::new();
+        for i in 1..=3 {
+            let table = Arc::clone(&table);
+            waiters.push(tokio::spawn(async move {
+                let t = table.acquire("a", i).await.unwrap();
+                let token = t.token();
+                drop(t);
+                (i, token)
+            }));
+            while table.queue_len("a") < (i as usize) + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let first_token = first.token();
+        assert!(first.release());
+        let mut last = first_token;
+        for (n, w) in waiters.into_iter().enumerate() {
+            let (i, token) = w.await.unwrap();
+            assert_eq!(i as usize, n + 1);
+            assert!(token > last);
+            last = token;
+        }
+        assert_eq!(table.active_names(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_waiter_is_skipped() {
+        let table = LockTable::<u32>::new();
+        let held = table.acquire("a", 0).await.unwrap();
+        let gone = {
+            let table = Arc::clone(&table);
+            tokio::spawn(async move { table.acquire("a", 1).await.map(drop) })
+        };
+        while table.queue_len("a") < 2 {
+            tokio::task::yield_now().await;
+        }
+        let next = {
+            let table = Arc::clone(&table);
+            tokio::spawn(async move { table.acquire("a", 2).await.map(|t| t.token()) })
+        };
+        while table.queue_len("a") < 3 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(table.queue_len("a"), 2);
+        drop(held);
+        let token = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(token.get() >= 2);
+        assert_eq!(table.active_names(), 0);
+    }
+
+    #[tokio::test]
+    async fn handoff_to_dropped_receiver_passes_on() {
+        let table = LockTable::<u32>::new();
+        let held = table.acquire("a", 0).await.unwrap();
+        // A waiter future that is polled once (queued) and then dropped after the handoff
+        // reached it but before it ran again.
+        let mut fut = Box::pin(table.acquire("a", 1));
+        assert!(futures_poll_once(fut.as_mut()).is_none());
+        let third = {
+            let table = Arc::clone(&table);
+            tokio::spawn(async move { table.acquire("a", 2).await.map(|t| t.token()) })
+        };
+        while table.queue_len("a") < 3 {
+            tokio::task::yield_now().await;
+        }
+        drop(held); // hands over to the polled-but-idle future
+        assert_eq!(table.holder("a"), Some(1));
+        drop(fut); // which passes it on
+        let token = third.await.unwrap().unwrap();
+        assert!(token.get() >= 3);
+    }
+
+    #[tokio::test]
+    async fn evict_fails_waiters_and_frees_holds() {
+        let table = LockTable::<u32>::new();
+        let a = table.acquire("a", 7).await.unwrap();
+        let _b = table.acquire("b", 1).await.unwrap();
+        let waiter = {
+            let table = Arc::clone(&table);
+            tokio::spawn(async move { table.acquire("b", 7).await.map(drop) })
+        };
+        while table.queue_len("b") < 2 {
+            tokio::task::yield_now().await;
+        }
+        let mut evicted = Vec::new();
+        table.evict_where(
+            |tag| *tag == 7,
+            |name, _| evicted.push(name.to_owned()),
+            || LockError::config("gone"),
+        );
+        assert_eq!(evicted, vec!["a".to_owned()]);
+        assert!(waiter.await.unwrap().is_err());
+        assert!(!a.is_held());
+        assert!(!a.release());
+        assert!(table.try_acquire("a", 3).is_some());
+    }
+
+    fn futures_poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match fut.poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
