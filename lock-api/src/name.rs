@@ -59,6 +59,9 @@ mod tests {
         let long = "x".repeat(MAX_NAME_LEN + 1);
         let err = validate_name(&long).unwrap_err();
         assert!(err.to_string().contains("at most 1024 bytes"));
-        assert!(err.to_string().len() < 200, "long names are cut in messages");
+        assert!(
+            err.to_string().len() < 200,
+            "long names are cut in messages"
+        );
     }
 }

@@ -162,18 +162,27 @@ impl<T: Clone + Send + 'static> LockTable<T> {
     }
 
     /// Removes the current holder of `name` (as an operator deleting the hold would) and
-    /// passes the lock on; returns the removed holder's tag.
-    pub fn evict_holder(&self, name: &str) -> Option<T> {
+    /// passes the lock on; `on_evicted` sees the removed holder's tag before the next waiter
+    /// owns the lock. Returns false when nobody held `name`.
+    pub fn evict_holder(&self, name: &str, on_evicted: impl FnOnce(&T)) -> bool {
         let mut state = self.state.lock();
-        let holder = state.names.get_mut(name)?.holder.take()?;
+        let Some(holder) = state.names.get_mut(name).and_then(|q| q.holder.take()) else {
+            return false;
+        };
+        on_evicted(&holder.tag);
         state.hand_over(name);
-        Some(holder.tag)
+        true
     }
 
     /// The tag of the current holder of `name`.
     pub fn holder(&self, name: &str) -> Option<T> {
         let state = self.state.lock();
-        state.names.get(name)?.holder.as_ref().map(|h| h.tag.clone())
+        state
+            .names
+            .get(name)?
+            .holder
+            .as_ref()
+            .map(|h| h.tag.clone())
     }
 
     /// How many entries `name` has: its holder (if any) plus its waiters.
@@ -362,9 +371,9 @@ mod tests {
         let first = table.acquire("a", 0).await.unwrap();
         let mut waiters = Vec::new();
         for i in 1..=3 {
-            let table = Arc::clone(&table);
+            let shared = Arc::clone(&table);
             waiters.push(tokio::spawn(async move {
-                let t = table.acquire("a", i).await.unwrap();
+                let t = shared.acquire("a", i).await.unwrap();
                 let token = t.token();
                 drop(t);
                 (i, token)

@@ -1,0 +1,258 @@
+//! A client session on a memory store: TTL, keepalive, and the end of the session.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use locksmith_api::{
+    validate_name, DistributedLock, Hold, LockError, LockGuard, LossReason, LostSignal, LostWatch,
+    Ticket,
+};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use crate::store::{HoldTag, MemoryStore};
+
+/// One client session on a [`MemoryStore`]; implements [`DistributedLock`].
+///
+/// Cloning gives another handle to the same session. Dropping the last handle closes the
+/// session: its locks are released at once and its guards report the loss, as an etcd client
+/// that revokes its lease on drop.
+///
+/// The session has a TTL and a keepalive, driven by tokio's clock: under
+/// `tokio::time::pause()` TTL tests run instantly. For tests of your own lost-lock handling,
+/// [`expire`](MemoryLock::expire) ends the session now, [`pause_keepalive`](MemoryLock::pause_keepalive)
+/// simulates a stalled process, and [`MemoryStore::revoke`] deletes one hold.
+#[derive(Clone)]
+pub struct MemoryLock {
+    session: Arc<Session>,
+}
+
+struct Session {
+    id: u64,
+    store: MemoryStore,
+    ttl: Duration,
+    ended: LostSignal,
+    ended_watch: LostWatch,
+    keeper: mpsc::UnboundedSender<Duration>,
+}
+
+impl MemoryLock {
+    /// Opens a session on the process-wide store (`memory://`) with the default TTL.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] outside a tokio runtime.
+    pub fn connect() -> Result<MemoryLock, LockError> {
+        MemoryStore::global().connect()
+    }
+
+    pub(crate) fn start(store: MemoryStore, id: u64, ttl: Duration) -> Result<Self, LockError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|err| {
+            LockError::config_with(
+                "the memory backend needs a tokio runtime: connect from within one",
+                err,
+            )
+        })?;
+        let (ended, ended_watch) = LostSignal::new();
+        let (keeper, pauses) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            id,
+            store,
+            ttl,
+            ended,
+            ended_watch,
+            keeper,
+        });
+        runtime.spawn(keep_alive(Arc::downgrade(&session), pauses));
+        Ok(MemoryLock { session })
+    }
+
+    /// This session's number, unique within its store.
+    pub fn session_id(&self) -> u64 {
+        self.session.id
+    }
+
+    /// The session's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.session.ttl
+    }
+
+    /// The store this session belongs to.
+    pub fn store(&self) -> &MemoryStore {
+        &self.session.store
+    }
+
+    /// Why the session ended, or `None` while it is alive.
+    pub fn ended(&self) -> Option<LossReason> {
+        self.session.ended_watch.reason()
+    }
+
+    /// Expires the session now, as a TTL running out would: its guards report
+    /// [`LossReason::Expired`], its waiters fail with [`LockError::SessionLost`].
+    pub fn expire(&self) {
+        self.session.end(LossReason::Expired);
+    }
+
+    /// Stops the keepalive for `pause`, as a stalled process (GC pause, SIGSTOP) would. A
+    /// pause longer than what is left of the TTL expires the session; a shorter one does not.
+    pub fn pause_keepalive(&self, pause: Duration) {
+        // The keeper only stops after the session has ended, when pausing means nothing.
+        let _ = self.session.keeper.send(pause);
+    }
+
+    fn check_alive(&self) -> Result<(), LockError> {
+        match self.session.ended_watch.reason() {
+            Some(reason) => Err(self.session.lost_error(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn tag(&self) -> (HoldTag, LostWatch) {
+        let (lost, watch) = LostSignal::new();
+        let tag = HoldTag {
+            session: self.session.id,
+            lost,
+        };
+        (tag, watch)
+    }
+
+    fn guard(&self, ticket: Ticket<HoldTag>, tag: HoldTag, watch: LostWatch) -> LockGuard {
+        let key = format!("{}/{:x}", ticket.name(), self.session.id);
+        LockGuard::new(
+            ticket.name().to_owned(),
+            key,
+            ticket.token(),
+            watch,
+            Box::new(MemoryHold {
+                ticket,
+                lost: tag.lost,
+            }),
+        )
+    }
+}
+
+impl Session {
+    /// Ends the session once: records why, then frees its holds and fails its waiters.
+    fn end(&self, reason: LossReason) {
+        if !self.ended.mark(reason) {
+            return;
+        }
+        let id = self.id;
+        self.store.table().evict_where(
+            |tag| tag.session == id,
+            |_, tag| {
+                tag.lost.mark(reason);
+            },
+            || self.lost_error(reason),
+        );
+    }
+
+    fn lost_error(&self, reason: LossReason) -> LockError {
+        LockError::SessionLost {
+            session: format!("memory:{:x}", self.id),
+            reason,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.end(LossReason::Closed);
+    }
+}
+
+/// Refreshes the session every TTL/3 and expires it when a pause outlasts the TTL.
+///
+/// Ends with the session: it holds only a weak reference.
+async fn keep_alive(session: Weak<Session>, mut pauses: mpsc::UnboundedReceiver<Duration>) {
+    let (ttl, ended) = match session.upgrade() {
+        Some(s) => (s.ttl, s.ended_watch.clone()),
+        None => return,
+    };
+    let mut refreshed = Instant::now();
+    let mut paused_until = refreshed;
+    loop {
+        let refresh_at = (refreshed + ttl / 3).max(paused_until);
+        tokio::select! {
+            biased;
+            _ = ended.wait() => return,
+            pause = pauses.recv() => match pause {
+                Some(pause) => paused_until = paused_until.max(Instant::now() + pause),
+                None => return,
+            },
+            () = sleep_until(refreshed + ttl) => {
+                if let Some(session) = session.upgrade() {
+                    session.end(LossReason::Expired);
+                }
+                return;
+            }
+            () = sleep_until(refresh_at) => refreshed = Instant::now(),
+        }
+    }
+}
+
+struct MemoryHold {
+    ticket: Ticket<HoldTag>,
+    lost: LostSignal,
+}
+
+#[async_trait]
+impl Hold for MemoryHold {
+    async fn release(self: Box<Self>) -> Result<(), LockError> {
+        let name = self.ticket.name().to_owned();
+        if self.ticket.release() {
+            Ok(())
+        } else {
+            Err(LockError::LockLost {
+                name,
+                reason: self.lost.reason().unwrap_or(LossReason::Unknown),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl DistributedLock for MemoryLock {
+    async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
+        validate_name(name)?;
+        self.check_alive()?;
+        let (tag, watch) = self.tag();
+        let table = self.session.store.table();
+        let ticket = tokio::select! {
+            biased;
+            reason = self.session.ended_watch.wait() => {
+                return Err(self.session.lost_error(reason));
+            }
+            ticket = table.acquire(name, tag.clone()) => ticket?,
+        };
+        // The session may have ended in the same instant; the ticket then goes back.
+        self.check_alive()?;
+        Ok(self.guard(ticket, tag, watch))
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
+        validate_name(name)?;
+        self.check_alive()?;
+        let (tag, watch) = self.tag();
+        let Some(ticket) = self.session.store.table().try_acquire(name, tag.clone()) else {
+            return Ok(None);
+        };
+        self.check_alive()?;
+        Ok(Some(self.guard(ticket, tag, watch)))
+    }
+
+    async fn close(&self) -> Result<(), LockError> {
+        self.session.end(LossReason::Closed);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for MemoryLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryLock")
+            .field("session", &self.session.id)
+            .field("ttl", &self.session.ttl)
+            .field("ended", &self.ended())
+            .finish()
+    }
+}

@@ -1,0 +1,22 @@
+//! The shared behaviour suite on the memory backend.
+
+use std::sync::Arc;
+
+use locksmith_api::conformance::SessionFactory;
+use locksmith_api::{DistributedLock, LockError};
+use locksmith_memory::MemoryStore;
+
+struct Memory(MemoryStore);
+
+#[locksmith_api::async_trait]
+impl SessionFactory for Memory {
+    async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+        Ok(Arc::new(self.0.connect()?))
+    }
+
+    async fn queue_len(&self, name: &str) -> usize {
+        self.0.queue_len(name)
+    }
+}
+
+locksmith_api::conformance_tests!(Memory(MemoryStore::new()));
