@@ -1,0 +1,27 @@
+# locksmith: the two set-up commands are `make demo` and `make test`.
+CARGO ?= cargo
+
+.PHONY: demo test deps fmt lint unit doc
+
+# The three-client demo on the embedded memory backend.
+demo:
+	$(CARGO) run --example three_clients
+
+# Everything CI runs: installs what is missing (protoc, etcd, etcdctl), then format, lints,
+# every test (real etcd included) and the doc tests.
+test: deps fmt lint unit doc
+
+deps:
+	bash scripts/install-deps.sh
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --all-targets --all-features
+
+doc:
+	$(CARGO) test --workspace --doc --all-features
