@@ -1,0 +1,70 @@
+//! The `locksmith` binary on the memory backend (the etcd runs are in tests/etcd.rs).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn locksmith() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_locksmith"));
+    cmd.env_remove("LOCKSMITH_URL");
+    cmd
+}
+
+#[test]
+fn runs_the_command_with_key_and_token_and_passes_its_status() {
+    let out = locksmith()
+        .args(["lock", "cli/run", "--", "sh", "-c"])
+        .arg("echo \"$LOCKSMITH_KEY $LOCKSMITH_FENCING_TOKEN\"; exit 7")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (key, token) = stdout.trim().split_once(' ').unwrap();
+    assert!(key.starts_with("cli/run/"), "{stdout}");
+    assert!(token.parse::<u64>().unwrap() > 0, "{stdout}");
+}
+
+#[test]
+fn without_a_command_prints_the_key_and_holds_until_sigterm() {
+    let mut child = locksmith()
+        .args(["lock", "cli/hold"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("cli/hold/"), "{line}");
+    assert_eq!(child.try_wait().unwrap(), None, "still holding");
+    let sent = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn bad_input_is_one_line_and_a_nonzero_exit() {
+    for args in [
+        vec!["lock", ""],
+        vec!["--url", "redis://x", "lock", "a"],
+        vec!["--url", "memory://?ttl=0", "lock", "a"],
+        vec!["lock", "a", "--", "/nonexistent/program"],
+        vec!["--frobnicate", "lock", "a"],
+        vec!["lock"],
+    ] {
+        let out = locksmith().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("locksmith: ") || first.starts_with("error: "),
+            "{args:?}: {stderr}"
+        );
+    }
+}
