@@ -1,0 +1,88 @@
+//! Property tests over user input: lock names and configuration text never panic, always give
+//! success or a typed error, and distinct names stay independent locks.
+
+use locksmith::{validate_name, DistributedLock, LockConfig, LockError, MemoryStore, MAX_NAME_LEN};
+use proptest::prelude::*;
+
+fn config_error(result: Result<LockConfig, LockError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(LockError::InvalidConfig { .. }) => true,
+        Err(other) => panic!("config input gave a non-config error: {other}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn names_are_valid_or_named_invalid(name in any::<String>()) {
+        match validate_name(&name) {
+            Ok(()) => {
+                prop_assert!(!name.is_empty() && name.len() <= MAX_NAME_LEN);
+                prop_assert!(!name.chars().any(char::is_control));
+            }
+            Err(LockError::InvalidName { rule, .. }) => prop_assert!(!rule.is_empty()),
+            Err(other) => prop_assert!(false, "unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn any_url_text_is_parsed_or_refused(url in any::<String>()) {
+        prop_assert!(config_error(LockConfig::from_url(&url)));
+    }
+
+    #[test]
+    fn url_shaped_text_is_parsed_or_refused(
+        scheme in prop_oneof!["memory", "etcd", "[a-z]{1,6}"],
+        authority in "[a-z0-9.:,\\[\\]%@-]{0,30}",
+        path in proptest::option::of("[a-z0-9/._%-]{0,20}"),
+        query in proptest::option::of("[a-z_]{0,10}(=[a-z0-9./%-]{0,10})?(&[a-z_]{0,10}=[0-9]{0,25})?"),
+    ) {
+        let mut url = format!("{scheme}://{authority}");
+        if let Some(path) = path { url.push('/'); url.push_str(&path); }
+        if let Some(query) = query { url.push('?'); url.push_str(&query); }
+        let parsed = LockConfig::from_url(&url);
+        if let Ok(config) = &parsed {
+            // What parses prints back to a URL that parses to the same config.
+            prop_assert_eq!(&LockConfig::from_url(&config.to_string()).unwrap(), config);
+        }
+        prop_assert!(config_error(parsed));
+    }
+
+    #[test]
+    fn any_toml_or_json_is_parsed_or_refused(text in any::<String>()) {
+        prop_assert!(config_error(LockConfig::from_toml(&text)));
+        prop_assert!(config_error(LockConfig::from_json(&text)));
+    }
+
+    #[test]
+    fn toml_shaped_text_is_parsed_or_refused(
+        backend in prop_oneof!["memory", "etcd", "[a-z]{0,6}"],
+        key in "[a-z_]{1,12}",
+        value in prop_oneof!["[0-9]{1,25}", "\"[a-z0-9:./]{0,12}\"", "\\[\"[a-z0-9:.]{0,12}\"\\]"],
+    ) {
+        let text = format!("backend = \"{backend}\"\n{key} = {value}\n");
+        prop_assert!(config_error(LockConfig::from_toml(&text)));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Two different valid names are two locks: holding one never blocks the other.
+    #[test]
+    fn distinct_names_are_independent(a in "[^\\p{Cc}]{1,12}", b in "[^\\p{Cc}]{1,12}") {
+        prop_assume!(a != b);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let store = MemoryStore::new();
+            let (one, two) = (store.connect().unwrap(), store.connect().unwrap());
+            let held = one.lock(&a).await.unwrap();
+            prop_assert!(two.try_lock(&b).await.unwrap().is_some(), "{a:?} blocked {b:?}");
+            prop_assert!(two.try_lock(&a).await.unwrap().is_none());
+            held.unlock().await.unwrap();
+            Ok(())
+        })?;
+    }
+}
