@@ -1,0 +1,287 @@
+//! Settings of an etcd client session.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+use locksmith_api::LockError;
+use serde::{Deserialize, Serialize};
+
+/// How to reach etcd and how to keep the session.
+///
+/// ```
+/// let config = locksmith_etcd::EtcdConfig {
+///     endpoints: vec!["127.0.0.1:2379".into()],
+///     namespace: "myapp/locks/".into(),
+///     ..Default::default()
+/// };
+/// assert_eq!(config.ttl_secs, 10);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`; at least one.
+    pub endpoints: Vec<String>,
+    /// Prefix of every lock key (`{namespace}{name}/{lease id}`); empty by default, which is
+    /// where Go's `concurrency.Mutex` and `etcdctl lock` put their keys.
+    #[serde(default)]
+    pub namespace: String,
+    /// Lease TTL in seconds (10 by default, as Go's `concurrency.Session`); at least 1.
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: u64,
+    /// How long connecting and granting the lease may take, in milliseconds (5,000 by default).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// User name, for etcd with authentication enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Password of `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// TLS settings; endpoints without a scheme then use `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS files, in PEM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// The CA certificate that signed the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The client certificate, for mutual TLS (with `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (with `cert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+fn default_ttl_secs() -> u64 {
+    10
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["127.0.0.1:2379".to_owned()],
+            namespace: String::new(),
+            ttl_secs: default_ttl_secs(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            user: None,
+            password: None,
+            tls: None,
+        }
+    }
+}
+
+impl EtcdConfig {
+    /// A config for these endpoints, with every other setting at its default.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        EtcdConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ..EtcdConfig::default()
+        }
+    }
+
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+
+    /// How long connecting may take.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The endpoints, joined for messages.
+    pub fn endpoint_list(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// Checks the settings that need no network.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), LockError> {
+        if self.endpoints.iter().all(|e| e.trim().is_empty()) {
+            return Err(LockError::config(
+                "etcd config names no endpoint: give at least one HOST:PORT",
+            ));
+        }
+        if self.ttl_secs == 0 {
+            return Err(LockError::config(
+                "etcd ttl_secs must be at least 1 (the default is 10)",
+            ));
+        }
+        if i64::try_from(self.ttl_secs).is_err() {
+            return Err(LockError::config(format!(
+                "etcd ttl_secs {} is too large",
+                self.ttl_secs
+            )));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(LockError::config(
+                "etcd connect_timeout_ms must be at least 1 (the default is 5000)",
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err(LockError::config(
+                "etcd user and password go together: give both or neither",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The endpoints in the form the client takes them.
+    pub(crate) fn endpoint_urls(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                if e.contains("://") {
+                    e.to_owned()
+                } else if self.tls.is_some() {
+                    format!("https://{e}")
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect()
+    }
+
+    /// The client options: timeouts, credentials and TLS.
+    pub(crate) fn connect_options(&self) -> Result<ConnectOptions, LockError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout())
+            .with_keep_alive(self.ttl() / 3 + Duration::from_secs(1), self.ttl())
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.options()?);
+        }
+        Ok(options)
+    }
+}
+
+impl EtcdTls {
+    fn options(&self) -> Result<TlsOptions, LockError> {
+        let mut options = TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            options = options.ca_certificate(Certificate::from_pem(read_pem(ca, "CA")?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                options = options.identity(Identity::from_pem(
+                    read_pem(cert, "client certificate")?,
+                    read_pem(key, "client key")?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(LockError::config(
+                    "etcd TLS cert and key go together: give both or neither",
+                ))
+            }
+        }
+        Ok(options)
+    }
+}
+
+fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>, LockError> {
+    let pem = std::fs::read(path).map_err(|err| {
+        LockError::config_with(
+            format!("cannot read etcd TLS {what} {}", path.display()),
+            err,
+        )
+    })?;
+    if !pem.starts_with(b"-----BEGIN") && !String::from_utf8_lossy(&pem).contains("-----BEGIN") {
+        return Err(LockError::config(format!(
+            "etcd TLS {what} {} is not PEM",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_setting() {
+        let ok = EtcdConfig::default();
+        assert!(ok.validate().is_ok());
+        for (config, says) in [
+            (EtcdConfig::new(Vec::<String>::new()), "no endpoint"),
+            (
+                EtcdConfig {
+                    ttl_secs: 0,
+                    ..ok.clone()
+                },
+                "ttl_secs",
+            ),
+            (
+                EtcdConfig {
+                    ttl_secs: u64::MAX,
+                    ..ok.clone()
+                },
+                "too large",
+            ),
+            (
+                EtcdConfig {
+                    connect_timeout_ms: 0,
+                    ..ok.clone()
+                },
+                "connect_timeout_ms",
+            ),
+            (
+                EtcdConfig {
+                    user: Some("u".into()),
+                    ..ok.clone()
+                },
+                "password",
+            ),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn endpoints_get_a_scheme() {
+        let mut config = EtcdConfig::new(["127.0.0.1:2379", "http://[::1]:2379", " "]);
+        assert_eq!(
+            config.endpoint_urls(),
+            vec!["http://127.0.0.1:2379", "http://[::1]:2379"]
+        );
+        config.tls = Some(EtcdTls::default());
+        assert_eq!(config.endpoint_urls()[0], "https://127.0.0.1:2379");
+    }
+
+    #[test]
+    fn missing_tls_files_are_config_errors() {
+        let tls = EtcdTls {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..EtcdTls::default()
+        };
+        let err = tls.options().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn serde_defaults() {
+        let config: EtcdConfig =
+            serde_json::from_str(r#"{"endpoints":["127.0.0.1:2379"]}"#).unwrap();
+        assert_eq!(config, EtcdConfig::default());
+    }
+}

@@ -1,0 +1,327 @@
+//! A real etcd for tests: [`EtcdServer`] starts one member, [`EtcdCluster`] three, each on
+//! free loopback ports with a temporary data directory, killed and removed on drop.
+//!
+//! A missing `etcd` binary is an error that says how to install it, never a silent skip.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a member may take to answer after start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong starting etcd.
+pub type HarnessError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The etcd binary: `$ETCD_BIN`, else `etcd` on the PATH.
+fn etcd_binary() -> Result<PathBuf, HarnessError> {
+    if let Some(path) = std::env::var_os("ETCD_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("etcd"))
+            .find(|candidate| candidate.is_file())
+    });
+    found.ok_or_else(|| {
+        "the `etcd` binary is not installed: run `make test` (which runs scripts/install-deps.sh) \
+         or `sudo apt-get install etcd-server etcd-client`"
+            .into()
+    })
+}
+
+/// A free loopback port (bound and released; etcd binds it right after).
+fn free_port() -> Result<u16, HarnessError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One member's ports, directory and process.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    process: Option<Child>,
+}
+
+impl Member {
+    fn new(root: &Path, index: usize) -> Result<Self, HarnessError> {
+        let name = format!("m{index}");
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Member {
+            name,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            dir,
+            process: None,
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn start(&mut self, initial_cluster: &str, token: &str) -> Result<(), HarnessError> {
+        let client_url = format!("http://{}", self.endpoint());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))?;
+        let child = Command::new(etcd_binary()?)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-token", token])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| format!("cannot start etcd: {err}"))?;
+        self.process = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), HarnessError> {
+        let Some(child) = &self.process else {
+            return Err(format!("member {} is not running", self.name).into());
+        };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill {signal} failed for member {}", self.name).into())
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+}
+
+/// Waits until `endpoints` serve a linearizable read, or fails with the members' logs.
+///
+/// Runs on a thread of its own, so it works from inside an async test too.
+fn wait_ready(endpoints: &[String], logs: impl Fn() -> String) -> Result<(), HarnessError> {
+    let answered = std::thread::scope(|scope| {
+        scope
+            .spawn(|| probe_until_ready(endpoints))
+            .join()
+            .unwrap_or_else(|_| Err("the readiness probe panicked".into()))
+    });
+    answered.map_err(|err| format!("{err}; etcd's log:\n{}", logs()).into())
+}
+
+fn probe_until_ready(endpoints: &[String]) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        loop {
+            let ready = async {
+                let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+                let mut client = etcd_client::Client::connect(urls, None).await?;
+                client.get("locksmith-harness-probe", None).await?;
+                Ok::<_, etcd_client::Error>(())
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), ready).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("etcd did not answer within {START_TIMEOUT:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// One etcd member on loopback; killed and its data removed on drop.
+pub struct EtcdServer {
+    member: Member,
+    _dir: TempDir,
+}
+
+impl EtcdServer {
+    /// Starts etcd on free loopback ports and waits until it answers.
+    ///
+    /// # Errors
+    /// When `etcd` is not installed (with the install command), or does not come up.
+    pub fn start() -> Result<EtcdServer, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("locksmith-etcd-")
+            .tempdir()?;
+        let mut member = Member::new(dir.path(), 0)?;
+        let cluster = format!("{}={}", member.name, member.peer_url());
+        member.start(&cluster, "locksmith-test")?;
+        let server = EtcdServer { member, _dir: dir };
+        wait_ready(&[server.endpoint()], || server.member.log())?;
+        Ok(server)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        self.member.endpoint()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.endpoint())
+    }
+
+    /// Sends a signal to the etcd process (`-STOP`, `-CONT`, …).
+    ///
+    /// # Errors
+    /// When the member is not running or `kill` fails.
+    pub fn signal(&self, signal: &str) -> Result<(), HarnessError> {
+        self.member.signal(signal)
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.member.kill();
+    }
+}
+
+/// A cluster of etcd members on loopback; killed and removed on drop.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    _dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until the cluster answers.
+    ///
+    /// # Errors
+    /// When `etcd` is not installed, or the cluster does not come up.
+    pub fn start(size: usize) -> Result<EtcdCluster, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("locksmith-etcd-cluster-")
+            .tempdir()?;
+        let mut members = (0..size)
+            .map(|i| Member::new(dir.path(), i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("locksmith-cluster-{}", members[0].client_port);
+        for member in &mut members {
+            member.start(&initial_cluster, &token)?;
+        }
+        let cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            token,
+            _dir: dir,
+        };
+        wait_ready(&cluster.endpoints(), || cluster.logs())?;
+        Ok(cluster)
+    }
+
+    /// Every member's `127.0.0.1:PORT`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// Kills member `index` with SIGKILL.
+    pub fn kill_member(&mut self, index: usize) {
+        if let Some(member) = self.members.get_mut(index) {
+            member.kill();
+        }
+    }
+
+    /// Restarts a killed member `index` on its old ports and data.
+    ///
+    /// # Errors
+    /// When the member cannot be started.
+    pub fn restart_member(&mut self, index: usize) -> Result<(), HarnessError> {
+        let (cluster, token) = (self.initial_cluster.clone(), self.token.clone());
+        match self.members.get_mut(index) {
+            Some(member) => member.start(&cluster, &token),
+            None => Err(format!("no member {index}").into()),
+        }
+    }
+
+    /// The index of the current leader, asked of the running members.
+    ///
+    /// # Errors
+    /// When no running member answers with a leader.
+    pub async fn leader_index(&self) -> Result<usize, HarnessError> {
+        for member in self.members.iter().filter(|m| m.process.is_some()) {
+            let url = format!("http://{}", member.endpoint());
+            let Ok(Ok(mut client)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                etcd_client::Client::connect([url], None),
+            )
+            .await
+            else {
+                continue;
+            };
+            let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(2), client.status()).await
+            else {
+                continue;
+            };
+            let leader = status.leader();
+            let Ok(Ok(list)) =
+                tokio::time::timeout(Duration::from_secs(2), client.member_list()).await
+            else {
+                continue;
+            };
+            for listed in list.members() {
+                if listed.id() == leader {
+                    if let Some(index) = self.members.iter().position(|m| m.name == listed.name()) {
+                        return Ok(index);
+                    }
+                }
+            }
+        }
+        Err("no member reports a leader".into())
+    }
+
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("--- {} ---\n{}", m.name, m.log()))
+            .collect()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            member.kill();
+        }
+    }
+}

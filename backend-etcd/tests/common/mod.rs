@@ -1,0 +1,108 @@
+//! Shared test set-up: a real etcd per test, killed and removed when the test ends.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use locksmith_api::conformance::SessionFactory;
+use locksmith_api::{DistributedLock, LockError};
+use locksmith_etcd::etcd_client::{Client, GetOptions};
+use locksmith_etcd::testing::EtcdServer;
+use locksmith_etcd::{EtcdConfig, EtcdLock};
+
+/// The longest one step of a test may take.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+/// A namespace no other test uses.
+pub fn fresh_namespace() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "test-{}-{}/",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An etcd of the test's own, and sessions on it under a namespace.
+pub struct Etcd {
+    pub server: EtcdServer,
+    pub config: EtcdConfig,
+}
+
+impl Etcd {
+    pub fn new() -> Self {
+        let server = match EtcdServer::start() {
+            Ok(server) => server,
+            Err(err) => panic!("cannot start etcd: {err}"),
+        };
+        let config = EtcdConfig {
+            namespace: fresh_namespace(),
+            ..EtcdConfig::new([server.endpoint()])
+        };
+        Etcd { server, config }
+    }
+
+    pub fn with_ttl(ttl_secs: u64) -> Self {
+        let mut etcd = Etcd::new();
+        etcd.config.ttl_secs = ttl_secs;
+        etcd
+    }
+
+    pub async fn session(&self) -> EtcdLock {
+        match tokio::time::timeout(GUARD, EtcdLock::connect(&self.config)).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(err)) => panic!("connect failed: {err}"),
+            Err(_) => panic!("connect hung"),
+        }
+    }
+
+    /// A plain etcd client, as an operator or another program would use.
+    pub async fn raw(&self) -> Client {
+        Client::connect([self.server.client_url()], None)
+            .await
+            .unwrap()
+    }
+
+    /// Every key under `{namespace}{name}/`.
+    pub async fn keys(&self, name: &str) -> Vec<String> {
+        let prefix = format!("{}{}/", self.config.namespace, name);
+        let reply = self
+            .raw()
+            .await
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .unwrap();
+        reply
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect()
+    }
+}
+
+/// Only the direct children of `{namespace}{name}/`: the waiters and holder of that lock.
+fn direct_children(keys: Vec<String>, prefix: &str) -> usize {
+    keys.iter()
+        .filter(|k| {
+            k.strip_prefix(prefix)
+                .is_some_and(|rest| !rest.contains('/'))
+        })
+        .count()
+}
+
+#[locksmith_api::async_trait]
+impl SessionFactory for Etcd {
+    async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+        Ok(Arc::new(EtcdLock::connect(&self.config).await?))
+    }
+
+    async fn queue_len(&self, name: &str) -> usize {
+        let prefix = format!("{}{}/", self.config.namespace, name);
+        direct_children(self.keys(name).await, &prefix)
+    }
+}

@@ -1,0 +1,5 @@
+//! The shared behaviour suite on a real etcd.
+
+mod common;
+
+locksmith_api::conformance_tests!(common::Etcd::new());
