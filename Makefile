@@ -20,7 +20,9 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
+# tests/examples.rs runs the example programs themselves: build them first.
 unit:
+	$(CARGO) build --workspace --examples --all-features
 	$(CARGO) test --workspace --all-targets --all-features
 
 doc:

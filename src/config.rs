@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DistributedLock, LockError, MemoryStore};
+use crate::{DistributedLock, EtcdConfig, EtcdLock, EtcdTls, LockError, MemoryStore};
 
 /// The environment variable [`LockConfig::from_env`] reads.
 pub const URL_ENV: &str = "LOCKSMITH_URL";
@@ -36,12 +36,21 @@ pub const URL_ENV: &str = "LOCKSMITH_URL";
 /// |---|---|
 /// | `memory://` | the process-wide memory store |
 /// | `memory://NAME` | the process-wide memory store called NAME |
+/// | `etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE]` | etcd at these endpoints; keys under NAMESPACE |
 /// | `…?ttl=SECS` | the session TTL in seconds (default 10) |
+/// | `etcd://…?connect_timeout_ms=MS` | how long connecting may take (default 5000) |
+/// | `etcd://…?user=U&password=P` | etcd credentials |
+/// | `etcd://…?ca=PATH&cert=PATH&key=PATH` | TLS files (PEM); endpoints then use https |
+///
+/// In TOML: `backend = "etcd"`, `endpoints = ["127.0.0.1:2379"]`, `namespace`, `ttl_secs`,
+/// `connect_timeout_ms`, `user`, `password`, and a `[tls]` table with `ca`, `cert`, `key`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
 pub enum LockConfig {
     /// The in-process memory backend.
     Memory(MemoryConfig),
+    /// The etcd backend.
+    Etcd(EtcdConfig),
 }
 
 /// Settings of the memory backend.
@@ -85,8 +94,9 @@ impl LockConfig {
         let parts = UrlParts::split(url)?;
         match parts.scheme {
             "memory" => memory_from_url(&parts),
+            "etcd" => etcd_from_url(&parts),
             other => Err(LockError::config(format!(
-                "unknown backend {other:?} in {url:?}: use memory://"
+                "unknown backend {other:?} in {url:?}: use memory:// or etcd://"
             ))),
         }
     }
@@ -140,6 +150,7 @@ impl LockConfig {
                 let ttl = Duration::from_secs(config.ttl_secs);
                 Ok(Arc::new(store.connect_with_ttl(ttl)?))
             }
+            LockConfig::Etcd(config) => Ok(Arc::new(EtcdLock::connect(config).await?)),
         }
     }
 }
@@ -160,6 +171,38 @@ impl fmt::Display for LockConfig {
                 write!(f, "memory://{}", config.store.as_deref().unwrap_or(""))?;
                 if config.ttl_secs != default_ttl_secs() {
                     write!(f, "?ttl={}", config.ttl_secs)?;
+                }
+                Ok(())
+            }
+            LockConfig::Etcd(config) => {
+                write!(
+                    f,
+                    "etcd://{}/{}",
+                    config.endpoints.join(","),
+                    config.namespace
+                )?;
+                let mut params = Vec::new();
+                if config.ttl_secs != default_ttl_secs() {
+                    params.push(format!("ttl={}", config.ttl_secs));
+                }
+                if config.connect_timeout_ms != EtcdConfig::default().connect_timeout_ms {
+                    params.push(format!("connect_timeout_ms={}", config.connect_timeout_ms));
+                }
+                if let Some(user) = &config.user {
+                    params.push(format!("user={user}"));
+                }
+                if config.password.is_some() {
+                    // Never print a secret; the URL form is for logs and messages.
+                    params.push("password=***".to_owned());
+                }
+                let tls = config.tls.clone().unwrap_or_default();
+                for (key, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+                    if let Some(path) = path {
+                        params.push(format!("{key}={}", path.display()));
+                    }
+                }
+                if !params.is_empty() {
+                    write!(f, "?{}", params.join("&"))?;
                 }
                 Ok(())
             }
@@ -187,6 +230,58 @@ fn memory_from_url(parts: &UrlParts<'_>) -> Result<LockConfig, LockError> {
     Ok(LockConfig::Memory(config))
 }
 
+fn etcd_from_url(parts: &UrlParts<'_>) -> Result<LockConfig, LockError> {
+    let endpoints: Vec<String> = parts
+        .authority
+        .split(',')
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(LockError::config(format!(
+            "etcd URL {:?} names no endpoint: use etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE]",
+            parts.url
+        )));
+    }
+    let mut config = EtcdConfig {
+        endpoints,
+        namespace: parts.path.unwrap_or("").to_owned(),
+        ..EtcdConfig::default()
+    };
+    let mut tls = EtcdTls::default();
+    for (key, value) in parts.query()? {
+        match key {
+            "ttl" => config.ttl_secs = parse_ttl(value)?,
+            "connect_timeout_ms" => {
+                config.connect_timeout_ms = value.parse().map_err(|err| {
+                    LockError::config_with(
+                        format!(
+                        "connect_timeout_ms must be a whole number of milliseconds, got {value:?}"
+                    ),
+                        err,
+                    )
+                })?
+            }
+            "user" => config.user = Some(value.to_owned()),
+            "password" => config.password = Some(value.to_owned()),
+            "ca" => tls.ca = Some(value.into()),
+            "cert" => tls.cert = Some(value.into()),
+            "key" => tls.key = Some(value.into()),
+            other => {
+                return Err(parts.unknown_parameter(
+                    other,
+                    "ttl, connect_timeout_ms, user, password, ca, cert, key",
+                ))
+            }
+        }
+    }
+    if tls != EtcdTls::default() {
+        config.tls = Some(tls);
+    }
+    Ok(LockConfig::Etcd(config))
+}
+
 /// A TTL in whole seconds, greater than zero.
 fn parse_ttl(value: &str) -> Result<u64, LockError> {
     match value.parse::<u64>() {
@@ -212,7 +307,7 @@ impl<'a> UrlParts<'a> {
     fn split(url: &'a str) -> Result<Self, LockError> {
         let Some((scheme, rest)) = url.trim().split_once("://") else {
             return Err(LockError::config(format!(
-                "{url:?} is not a locksmith URL: expected memory://…"
+                "{url:?} is not a locksmith URL: expected memory://… or etcd://HOST:PORT/…"
             )));
         };
         let (rest, query) = match rest.split_once('?') {
@@ -302,6 +397,92 @@ mod tests {
                 other => panic!("{url:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn etcd_urls() {
+        let config =
+            LockConfig::from_url("etcd://127.0.0.1:2379,[::1]:2380/myapp/locks/?ttl=3").unwrap();
+        let LockConfig::Etcd(etcd) = &config else {
+            panic!("{config:?}")
+        };
+        assert_eq!(etcd.endpoints, vec!["127.0.0.1:2379", "[::1]:2380"]);
+        assert_eq!(etcd.namespace, "myapp/locks/");
+        assert_eq!(etcd.ttl_secs, 3);
+        assert_eq!(LockConfig::from_url(&config.to_string()).unwrap(), config);
+
+        let bare = LockConfig::from_url("etcd://h:1").unwrap();
+        assert_eq!(bare, LockConfig::Etcd(EtcdConfig::new(["h:1"])));
+        assert_eq!(bare.to_string(), "etcd://h:1/");
+
+        let full = LockConfig::from_url(
+            "etcd://h:1/?connect_timeout_ms=250&user=u&password=p&ca=/c.pem&cert=/x.pem&key=/k.pem",
+        )
+        .unwrap();
+        let LockConfig::Etcd(full) = full else {
+            panic!()
+        };
+        assert_eq!(full.connect_timeout_ms, 250);
+        assert_eq!(
+            (full.user.as_deref(), full.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        let tls = full.tls.clone().unwrap();
+        assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("/c.pem")));
+        let shown = LockConfig::Etcd(full).to_string();
+        assert!(
+            shown.contains("password=***") && !shown.contains("password=p"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_etcd_urls_say_what_is_wrong() {
+        for (url, says) in [
+            ("etcd://", "names no endpoint"),
+            ("etcd://,/", "names no endpoint"),
+            ("etcd://h:1/?ttl=0", "at least 1 second"),
+            ("etcd://h:1/?connect_timeout_ms=soon", "milliseconds"),
+            ("etcd://h:1/?tls=yes", "unknown parameter \"tls\""),
+        ] {
+            match LockConfig::from_url(url) {
+                Err(err @ LockError::InvalidConfig { .. }) => {
+                    assert!(err.to_string().contains(says), "{url:?}: {err}")
+                }
+                other => panic!("{url:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn etcd_from_toml_and_json() {
+        let toml = LockConfig::from_toml(
+            "backend = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]\nnamespace = \"app/\"\nttl_secs = 5\n[tls]\nca = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        let LockConfig::Etcd(etcd) = &toml else {
+            panic!("{toml:?}")
+        };
+        assert_eq!((etcd.namespace.as_str(), etcd.ttl_secs), ("app/", 5));
+        assert!(etcd.tls.is_some());
+        let json = LockConfig::from_json(&serde_json::to_string(&toml).unwrap()).unwrap();
+        assert_eq!(json, toml);
+        let unknown = LockConfig::from_json(r#"{"backend":"etcd","endpoints":[],"ttl":3}"#);
+        assert!(unknown.is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_etcd_fails_within_the_connect_timeout() {
+        let config = LockConfig::from_url("etcd://127.0.0.1:1/?connect_timeout_ms=300").unwrap();
+        let started = std::time::Instant::now();
+        match config.connect().await {
+            Err(err @ LockError::Unavailable { .. }) => {
+                assert!(err.to_string().contains("127.0.0.1:1"), "{err}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

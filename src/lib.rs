@@ -34,8 +34,9 @@
 //! wait with `tokio::time::timeout(d, locks.lock(name))`.
 //!
 //! # Crates
-//! This facade re-exports [`locksmith_api`] (the trait and vocabulary) and
-//! [`locksmith_memory`] (the memory backend), and adds [`LockConfig`].
+//! This facade re-exports [`locksmith_api`] (the trait and vocabulary),
+//! [`locksmith_memory`] (the memory backend) and [`locksmith_etcd`] (the etcd backend), and
+//! adds [`LockConfig`] and the `locksmith` command-line tool.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -45,6 +46,7 @@ pub use locksmith_api::{
     async_trait, validate_name, BoxError, DistributedLock, FencingToken, LockError, LockGuard,
     LossReason, MAX_NAME_LEN,
 };
+pub use locksmith_etcd::{EtcdConfig, EtcdLock, EtcdTls};
 pub use locksmith_memory::{MemoryLock, MemoryStore};
 
 /// The backend-side vocabulary, for writing a backend of your own.

@@ -44,8 +44,11 @@ proptest! {
         if let Some(query) = query { url.push('?'); url.push_str(&query); }
         let parsed = LockConfig::from_url(&url);
         if let Ok(config) = &parsed {
-            // What parses prints back to a URL that parses to the same config.
-            prop_assert_eq!(&LockConfig::from_url(&config.to_string()).unwrap(), config);
+            // What parses prints back to a URL that parses to the same config (passwords are
+            // masked when printed, so those cannot come back).
+            if !config.to_string().contains("password=") {
+                prop_assert_eq!(&LockConfig::from_url(&config.to_string()).unwrap(), config);
+            }
         }
         prop_assert!(config_error(parsed));
     }

@@ -1,0 +1,194 @@
+//! The `locksmith` binary against a real etcd, with `etcdctl lock` as the reference peer.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use locksmith_etcd::testing::EtcdServer;
+
+/// The longest any step may take before the test fails.
+const GUARD: Duration = Duration::from_secs(20);
+/// How long a blocked waiter is watched to make sure it stays blocked.
+const QUIET: Duration = Duration::from_millis(500);
+
+fn etcd() -> EtcdServer {
+    match EtcdServer::start() {
+        Ok(server) => server,
+        Err(err) => panic!("cannot start etcd (run `make test`, which installs it): {err}"),
+    }
+}
+
+/// A child process whose stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    fn line_within(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + GUARD;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn locksmith(endpoint: &str, name: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_locksmith"));
+    cmd.args(["--url", &format!("etcd://{endpoint}/"), "lock", name]);
+    cmd
+}
+
+fn etcdctl(endpoint: &str, name: &str) -> Command {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "lock", name]);
+    cmd
+}
+
+#[test]
+fn etcdctl_waits_for_locksmith() {
+    let server = etcd();
+    let ours = Running::spawn(locksmith(&server.endpoint(), "interop"));
+    let key = ours.line_within(GUARD).expect("locksmith printed its key");
+    assert!(key.starts_with("interop/"), "{key}");
+    let theirs = Running::spawn(etcdctl(&server.endpoint(), "interop"));
+    assert_eq!(theirs.line_within(QUIET), None, "etcdctl got a held lock");
+    ours.signal("-TERM");
+    let their_key = theirs
+        .line_within(GUARD)
+        .expect("etcdctl acquired after release");
+    assert!(their_key.starts_with("interop/"), "{their_key}");
+}
+
+#[test]
+fn locksmith_waits_for_etcdctl() {
+    let server = etcd();
+    let theirs = Running::spawn(etcdctl(&server.endpoint(), "interop"));
+    theirs.line_within(GUARD).expect("etcdctl printed its key");
+    let mut ours = Running::spawn(locksmith(&server.endpoint(), "interop"));
+    assert_eq!(ours.line_within(QUIET), None, "locksmith got a held lock");
+    theirs.signal("-INT");
+    ours.line_within(GUARD)
+        .expect("locksmith acquired after release");
+    ours.signal("-TERM");
+    assert_eq!(ours.wait().code(), Some(0));
+}
+
+#[test]
+fn killed_etcdctl_holder_is_replaced_within_its_ttl() {
+    let server = etcd();
+    let theirs = Running::spawn(etcdctl(&server.endpoint(), "interop"));
+    theirs.line_within(GUARD).expect("etcdctl printed its key");
+    let ours = Running::spawn(locksmith(&server.endpoint(), "interop"));
+    theirs.signal("-KILL");
+    let started = std::time::Instant::now();
+    ours.line_within(Duration::from_secs(15))
+        .expect("locksmith acquired within etcdctl's 10 s TTL (plus slack)");
+    assert!(
+        started.elapsed() < Duration::from_secs(13),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn signal_while_waiting_withdraws_the_key() {
+    let server = etcd();
+    let holder = Running::spawn(locksmith(&server.endpoint(), "withdraw"));
+    holder.line_within(GUARD).expect("holder printed its key");
+    let mut waiter = Running::spawn(locksmith(&server.endpoint(), "withdraw"));
+    assert_eq!(waiter.line_within(QUIET), None);
+    waiter.signal("-INT");
+    assert_eq!(waiter.wait().code(), Some(130));
+    let keys = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &server.endpoint(),
+            "get",
+            "--prefix",
+            "--keys-only",
+            "withdraw/",
+        ])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8(keys.stdout).unwrap();
+    let count = keys.lines().filter(|l| !l.is_empty()).count();
+    assert_eq!(count, 1, "only the holder's key is left: {keys}");
+}
+
+#[test]
+fn command_runs_under_the_lock_with_key_and_token() {
+    let server = etcd();
+    let out = locksmith(&server.endpoint(), "cmd")
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo \"$LOCKSMITH_KEY $LOCKSMITH_FENCING_TOKEN\"; exit 5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (key, token) = stdout.trim().split_once(' ').unwrap();
+    assert!(key.starts_with("cmd/"), "{stdout}");
+    assert!(token.parse::<u64>().unwrap() > 0);
+}
+
+#[test]
+fn unreachable_etcd_is_one_line_and_nonzero() {
+    let out = Command::new(env!("CARGO_BIN_EXE_locksmith"))
+        .args([
+            "--url",
+            "etcd://127.0.0.1:1/?connect_timeout_ms=500",
+            "lock",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+}
