@@ -40,3 +40,13 @@ pub(crate) fn is_unavailable(err: &etcd_client::Error) -> bool {
         _ => false,
     }
 }
+
+/// True when etcd refused a request because the lease no longer exists.
+pub(crate) fn is_lease_gone(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::NotFound && status.message().contains("lease not found")
+        }
+        _ => false,
+    }
+}

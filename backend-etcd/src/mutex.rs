@@ -21,7 +21,7 @@ use locksmith_api::{
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
-use crate::error::{from_etcd, is_unavailable};
+use crate::error::{from_etcd, is_lease_gone, is_unavailable};
 use crate::session::Session;
 use crate::watch::{self, Watched};
 
@@ -256,6 +256,7 @@ where
     loop {
         match call(session.client.clone()).await {
             Ok(value) => return Ok(value),
+            Err(err) if is_lease_gone(&err) => return Err(session.lease_gone()),
             Err(err) if is_unavailable(&err) => {
                 tracing::debug!(%err, operation, "etcd unavailable; retrying");
                 backoff(session, delay).await?;

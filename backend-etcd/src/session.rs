@@ -109,6 +109,12 @@ impl Session {
         self.lost_error(reason)
     }
 
+    /// Ends the session because etcd no longer knows its lease (expired or revoked).
+    pub(crate) fn lease_gone(&self) -> LockError {
+        self.ended.mark(LossReason::Expired);
+        self.lost_error(self.ended_watch.reason().unwrap_or(LossReason::Expired))
+    }
+
     /// Ends the session and revokes its lease, so its keys go at once.
     pub(crate) async fn close(&self) -> Result<(), LockError> {
         if !self.ended.mark(LossReason::Closed) {

@@ -28,6 +28,12 @@ pub(crate) async fn deleted(
     let mut client = client.clone();
     let options = WatchOptions::new().with_start_revision(from_revision);
     let mut stream = client.watch(key, Some(options)).await?;
+    // If the delete raced ahead of the watch's creation, the watch starts behind the store and
+    // etcd would deliver it only from its 100 ms catch-up loop: look once, now that the watch
+    // exists, so nothing can fall between the look and the watch.
+    if client.get(key, None).await?.kvs().is_empty() {
+        return Ok(Watched::Deleted);
+    }
     loop {
         let Some(reply) = stream.message().await? else {
             return Ok(Watched::Reread);

@@ -1,0 +1,354 @@
+//! The known pitfalls of the revision-queue mutex (see DESIGN.md), each against a real etcd.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Etcd, GUARD};
+use locksmith_api::conformance::SessionFactory;
+use locksmith_api::{DistributedLock, LockError, LossReason};
+use locksmith_etcd::etcd_client::{CompactionOptions, DeleteOptions};
+use rand::Rng;
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what} took longer than {GUARD:?}"),
+    }
+}
+
+/// Watching the predecessor from the next revision delivers its delete at once, where Go's
+/// already-passed revision waits for etcd's 100 ms sync loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contended_handoff_is_fast() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let mut handoffs = Vec::new();
+    let mut holder = a.lock("handoff").await.unwrap();
+    for round in 0..20 {
+        let next = if round % 2 == 0 { b.clone() } else { a.clone() };
+        let waiter = tokio::spawn(async move {
+            let guard = next.lock("handoff").await;
+            (guard, Instant::now())
+        });
+        within("the waiter to queue", async {
+            while etcd.queue_len("handoff").await < 2 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        let released = Instant::now();
+        holder.unlock().await.unwrap();
+        let (guard, acquired) = within("the handoff", waiter).await.unwrap();
+        holder = guard.unwrap();
+        handoffs.push(acquired.duration_since(released));
+    }
+    handoffs.sort();
+    let median = handoffs[handoffs.len() / 2];
+    println!(
+        "handoff median {median:?}, max {:?}",
+        handoffs[handoffs.len() - 1]
+    );
+    assert!(
+        median < Duration::from_millis(50),
+        "median handoff {median:?}"
+    );
+}
+
+/// 200 waiters over 50 sessions, half cancelled at random points: everyone alive acquires, and
+/// no key is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_cancellation_leaves_no_stuck_keys() {
+    let etcd = Etcd::new();
+    let mut sessions = Vec::new();
+    for _ in 0..50 {
+        sessions.push(Arc::new(etcd.session().await));
+    }
+    let holder = sessions[0].lock("cancel").await.unwrap();
+    let mut waiters = Vec::new();
+    let mut rng = rand::thread_rng();
+    for i in 0..200 {
+        let session = Arc::clone(&sessions[i % sessions.len()]);
+        let cancel_after = rng
+            .gen_bool(0.5)
+            .then(|| Duration::from_micros(rng.gen_range(0..30_000)));
+        waiters.push(tokio::spawn(async move {
+            match cancel_after {
+                Some(after) => {
+                    let _ = tokio::time::timeout(after, session.lock("cancel")).await;
+                    false
+                }
+                None => {
+                    let guard = session.lock("cancel").await.unwrap();
+                    guard.unlock().await.unwrap();
+                    true
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    holder.unlock().await.unwrap();
+    let mut acquired = 0;
+    for waiter in waiters {
+        if within("every live waiter to acquire", waiter)
+            .await
+            .unwrap()
+        {
+            acquired += 1;
+        }
+    }
+    assert!(acquired > 0);
+    within("withdrawn keys to go", async {
+        while !etcd.keys("cancel").await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// A waiter whose lease is revoked from outside fails with `SessionLost`, never acquires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_revoked_while_waiting_fails_the_waiter() {
+    let etcd = Etcd::with_ttl(3);
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let held = a.lock("revoke").await.unwrap();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("revoke").await })
+    };
+    within("queue", async {
+        while etcd.queue_len("revoke").await < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    etcd.raw().await.lease_revoke(b.lease_id()).await.unwrap();
+    match within("the waiter to fail", waiter).await.unwrap() {
+        Err(err) => assert!(err.is_session_lost(), "{err}"),
+        Ok(_) => panic!("a waiter acquired on a revoked lease"),
+    }
+    assert!(!held.is_lost());
+    held.unlock().await.unwrap();
+}
+
+/// A holder whose lease is revoked learns of it through `lost()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_revoked_while_holding_reports_loss() {
+    let etcd = Etcd::with_ttl(3);
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let held = a.lock("revoke").await.unwrap();
+    etcd.raw().await.lease_revoke(a.lease_id()).await.unwrap();
+    within("lost()", held.lost()).await;
+    let next = within("the next holder", b.lock("revoke")).await.unwrap();
+    assert!(next.fencing_token() > held.fencing_token());
+    assert!(held.unlock().await.is_err());
+    match within("lock on the dead session", a.lock("other")).await {
+        Err(err) => assert!(err.is_session_lost(), "{err}"),
+        Ok(_) => panic!("acquired on a revoked lease"),
+    }
+}
+
+/// etcd stopped for longer than the TTL: the session expires, the guard reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_past_the_ttl_ends_the_session() {
+    let etcd = Etcd::with_ttl(2);
+    let a = etcd.session().await;
+    let held = a.lock("pause").await.unwrap();
+    etcd.server.signal("-STOP").unwrap();
+    let reason = within("lost()", held.lost()).await;
+    etcd.server.signal("-CONT").unwrap();
+    assert_eq!(reason, LossReason::Expired);
+    match within("lock after expiry", a.lock("pause")).await {
+        Err(err) => assert!(err.is_session_lost(), "{err}"),
+        Ok(_) => panic!("acquired on an expired session"),
+    }
+    // A new session works once etcd is back.
+    let b = etcd.session().await;
+    let guard = within("lock after recovery", b.lock("pause"))
+        .await
+        .unwrap();
+    guard.unlock().await.unwrap();
+}
+
+/// An operator deleting the holder's key: the guard reports loss, the next waiter acquires,
+/// and the stale unlock neither succeeds nor touches the new hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_key_is_lost_and_stale_unlock_spares_the_new_hold() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let held = a.lock("op").await.unwrap();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("op").await })
+    };
+    within("queue", async {
+        while etcd.queue_len("op").await < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    etcd.raw().await.delete(held.key(), None).await.unwrap();
+    assert_eq!(within("lost()", held.lost()).await, LossReason::Deleted);
+    let next = within("the next holder", waiter).await.unwrap().unwrap();
+    match held.unlock().await {
+        Err(LockError::LockLost { reason, .. }) => assert_eq!(reason, LossReason::Deleted),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(etcd.keys("op").await, vec![next.key().to_owned()]);
+    assert!(!next.is_lost());
+    next.unlock().await.unwrap();
+}
+
+/// A stale unlock after the same session re-acquired (same key, newer revision) does not
+/// delete the newer hold: the delete is guarded by the create revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_release_is_guarded_by_revision() {
+    let etcd = Etcd::new();
+    let a = etcd.session().await;
+    let old = a.lock("stale").await.unwrap();
+    let (key, old_token) = (old.key().to_owned(), old.fencing_token());
+    // An operator deletes the key and this session's next hold recreates it.
+    let mut raw = etcd.raw().await;
+    raw.delete(key.as_str(), None).await.unwrap();
+    within("lost()", old.lost()).await;
+    drop(old); // the background release of the stale hold runs now
+    let new = within("re-acquire", a.lock("stale")).await.unwrap();
+    assert_eq!(new.key(), key);
+    assert!(new.fencing_token() > old_token);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(etcd.keys("stale").await, vec![key]);
+    assert!(!new.is_lost());
+    new.unlock().await.unwrap();
+}
+
+/// Compacting the keyspace while a waiter waits does not break or hang it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_during_a_wait() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let held = a.lock("compact").await.unwrap();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("compact").await })
+    };
+    within("queue", async {
+        while etcd.queue_len("compact").await < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let mut raw = etcd.raw().await;
+    let mut revision = 0;
+    for i in 0..50 {
+        let put = raw.put(format!("noise/{i}"), "x", None).await.unwrap();
+        revision = put.header().map_or(0, |h| h.revision());
+    }
+    raw.compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    raw.delete("noise/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    held.unlock().await.unwrap();
+    let guard = within("the waiter after compaction", waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    guard.unlock().await.unwrap();
+}
+
+/// Two tasks of one session on one name: one key in etcd, one holder at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_session_tasks_share_one_key_in_turn() {
+    let etcd = Etcd::new();
+    let a = Arc::new(etcd.session().await);
+    let first = a.lock("twins").await.unwrap();
+    let second = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move { a.lock("twins").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!second.is_finished(), "the second task got a held lock");
+    assert_eq!(etcd.keys("twins").await.len(), 1);
+    let first_token = first.fencing_token();
+    first.unlock().await.unwrap();
+    let second = within("the second task", second).await.unwrap().unwrap();
+    assert!(second.fencing_token() > first_token);
+}
+
+/// `a` and `a/b` share Go's key layout (`a/…` contains `a/b/…`) but stay independent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_names_stay_independent() {
+    let etcd = Etcd::new();
+    let (x, y) = (etcd.session().await, etcd.session().await);
+    let nested = x.lock("a/b").await.unwrap();
+    let deeper = x.lock("a/b/c").await.unwrap();
+    // `a/b`'s key sorts first under `a/`, yet `a` is free.
+    let outer = within("lock a", y.lock("a")).await.unwrap();
+    assert!(y.try_lock("a/b").await.unwrap().is_none());
+    let waiter = {
+        let y = y.clone();
+        tokio::spawn(async move { y.lock("a/b").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished());
+    outer.unlock().await.unwrap();
+    assert!(
+        !waiter.is_finished(),
+        "releasing `a` must not hand over `a/b`"
+    );
+    nested.unlock().await.unwrap();
+    let guard = within("a/b after its holder", waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    guard.unlock().await.unwrap();
+    deeper.unlock().await.unwrap();
+}
+
+/// Bad settings and unreachable endpoints are typed errors within the connect timeout.
+#[tokio::test]
+async fn connect_errors_are_typed_and_prompt() {
+    use locksmith_etcd::{EtcdConfig, EtcdLock, EtcdTls};
+    let unreachable = EtcdConfig {
+        connect_timeout_ms: 300,
+        ..EtcdConfig::new(["127.0.0.1:1"])
+    };
+    let started = Instant::now();
+    match EtcdLock::connect(&unreachable).await {
+        Err(err @ LockError::Unavailable { .. }) => {
+            assert!(err.to_string().contains("127.0.0.1:1"), "{err}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    for (config, says) in [
+        (
+            EtcdConfig {
+                ttl_secs: 0,
+                ..EtcdConfig::default()
+            },
+            "ttl_secs",
+        ),
+        (EtcdConfig::new(Vec::<String>::new()), "no endpoint"),
+        (
+            EtcdConfig {
+                tls: Some(EtcdTls {
+                    ca: Some("/nonexistent/ca.pem".into()),
+                    ..EtcdTls::default()
+                }),
+                ..EtcdConfig::default()
+            },
+            "ca.pem",
+        ),
+    ] {
+        match EtcdLock::connect(&config).await {
+            Err(err @ LockError::InvalidConfig { .. }) => {
+                assert!(err.to_string().contains(says), "{err}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
