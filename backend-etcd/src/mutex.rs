@@ -22,7 +22,7 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
 use crate::error::{from_etcd, is_lease_gone, is_unavailable};
-use crate::session::Session;
+use crate::session::{Link, Session};
 use crate::watch::{self, Watched};
 
 /// Keys read per page when looking for the predecessor among nested lock names.
@@ -139,26 +139,34 @@ async fn enqueue(
             TxnOp::get(keys.own.as_str(), None),
             TxnOp::get(keys.prefix.as_str(), Some(oldest)),
         ]);
+    // The transaction runs in a task of its own, holding the key's gate, and records our
+    // revision there: if this future is dropped mid-flight, the withdrawal waits for the gate
+    // and so never races a put that commits after it (the "reply lost" case).
     let reply: TxnResponse = retry(session, "queue for the lock", |mut client| {
         let txn = txn.clone();
-        async move { client.txn(txn).await }
+        let gate = pending.gate.clone().try_lock_owned().ok();
+        let revision = Arc::clone(&pending.revision);
+        let flight = session.runtime.spawn(async move {
+            let reply = client.txn(txn).await;
+            if let Ok(reply) = &reply {
+                revision.store(queue_revision(reply), Ordering::SeqCst);
+            }
+            drop(gate);
+            reply
+        });
+        async move {
+            flight
+                .await
+                .unwrap_or_else(|err| Err(etcd_client::Error::IoError(std::io::Error::other(err))))
+        }
     })
     .await?;
     let header = reply.header().map_or(0, |h| h.revision());
-    let replies = reply.op_responses();
-    let revision = if reply.succeeded() {
-        header
-    } else {
-        // Our key was already there (a retried put whose first reply was lost).
-        match replies.first() {
-            Some(TxnOpResponse::Get(own)) => own.kvs().first().map_or(0, |kv| kv.create_revision()),
-            _ => 0,
-        }
-    };
+    let revision = queue_revision(&reply);
     if revision == 0 {
         return Err(malformed("the queue transaction"));
     }
-    pending.revision.store(revision, Ordering::SeqCst);
+    let replies = reply.op_responses();
     let owner = match replies.get(1) {
         Some(TxnOpResponse::Get(oldest)) => oldest
             .kvs()
@@ -171,6 +179,18 @@ async fn enqueue(
         header,
         owner,
     })
+}
+
+/// Our create revision from the queue transaction's reply (0 if the reply makes no sense).
+fn queue_revision(reply: &TxnResponse) -> i64 {
+    if reply.succeeded() {
+        return reply.header().map_or(0, |h| h.revision());
+    }
+    // Our key was already there (a retried put whose first reply was lost).
+    match reply.op_responses().first() {
+        Some(TxnOpResponse::Get(own)) => own.kvs().first().map_or(0, |kv| kv.create_revision()),
+        _ => 0,
+    }
 }
 
 /// Enqueues, then waits for every older key of this lock to go.
@@ -247,7 +267,7 @@ async fn predecessor(
 }
 
 /// Runs an etcd call, retrying while etcd is unavailable and the session lives.
-async fn retry<T, F, Fut>(session: &Session, operation: &str, mut call: F) -> Result<T, LockError>
+async fn retry<T, F, Fut>(session: &Link, operation: &str, mut call: F) -> Result<T, LockError>
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -268,7 +288,7 @@ where
 }
 
 /// Sleeps `delay`, or fails at once if the session ends meanwhile.
-async fn backoff(session: &Session, delay: Duration) -> Result<(), LockError> {
+async fn backoff(session: &Link, delay: Duration) -> Result<(), LockError> {
     tokio::select! {
         biased;
         err = session.ended() => Err(err),
@@ -309,37 +329,38 @@ async fn delete_if_owned(
 struct PendingKey {
     key: String,
     revision: Arc<AtomicI64>,
+    /// Held by the queue transaction while it is in flight.
+    gate: Arc<tokio::sync::Mutex<()>>,
     cleanup: Option<Cleanup>,
 }
 
 /// What it takes to withdraw a key in the background.
 struct Cleanup {
-    client: Client,
+    link: Arc<Link>,
     runtime: Handle,
     ticket: Ticket<()>,
 }
 
 impl Cleanup {
-    /// Deletes `key` (if it still has `revision`), retrying while etcd is unavailable, then
-    /// lets the next local task on the name go.
-    fn spawn(self, key: String, revision: i64) {
+    /// Once no queue transaction is in flight (`gate`), deletes `key` if it still has
+    /// `revision` (0: whatever it has), retrying while etcd is unavailable; then lets the next
+    /// local task on the name go.
+    fn spawn(self, key: String, revision: Arc<AtomicI64>, gate: Arc<tokio::sync::Mutex<()>>) {
         let Cleanup {
-            client,
+            link,
             runtime,
             ticket,
         } = self;
         runtime.spawn(async move {
-            let mut delay = Duration::from_millis(20);
-            for _ in 0..10 {
-                match delete_if_owned(&client, &key, revision).await {
-                    Err(err) if is_unavailable(&err) => {
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(MAX_RETRY);
-                    }
-                    // Done, or a refusal a retry will not cure; the lease's end removes it.
-                    _ => break,
-                }
-            }
+            let _in_flight_done = gate.lock_owned().await;
+            let revision = revision.load(Ordering::SeqCst);
+            // Retries while etcd is unavailable and the session lives; an ended session's
+            // keys went with its lease.
+            let _ = retry(&link, "withdraw from the lock queue", |client| {
+                let key = key.clone();
+                async move { delete_if_owned(&client, &key, revision).await }
+            })
+            .await;
             drop(ticket);
         });
     }
@@ -350,35 +371,35 @@ impl PendingKey {
         PendingKey {
             key: key.to_owned(),
             revision: Arc::new(AtomicI64::new(0)),
+            gate: Arc::new(tokio::sync::Mutex::new(())),
             cleanup: Some(Cleanup {
-                client: session.client.clone(),
+                link: session.link(),
                 runtime: session.runtime.clone(),
                 ticket,
             }),
         }
     }
 
-    /// Withdraws the key now and waits for it.
+    /// Withdraws the key now and waits for it (the queue transaction has completed).
     async fn withdraw(mut self) -> Result<(), LockError> {
         let revision = self.revision.load(Ordering::SeqCst);
         let Some(cleanup) = self.cleanup.take() else {
             return Ok(());
         };
-        let deleted = delete_if_owned(&cleanup.client, &self.key, revision).await;
-        match deleted {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                // Let the background retry take over.
-                cleanup.spawn(self.key.clone(), revision);
-                Err(from_etcd(err, "etcd", "withdraw from the lock queue"))
-            }
-        }
+        let key = self.key.clone();
+        let withdrawn = retry(&cleanup.link, "withdraw from the lock queue", |client| {
+            let key = key.clone();
+            async move { delete_if_owned(&client, &key, revision).await }
+        })
+        .await;
+        drop(cleanup);
+        withdrawn.map(drop)
     }
 
     /// Turns the queued key into a held lock.
     fn into_guard(mut self, session: &Session, name: &str, acquired: Queued) -> LockGuard {
         let Some(Cleanup {
-            client,
+            link,
             runtime,
             ticket,
         }) = self.cleanup.take()
@@ -389,7 +410,7 @@ impl PendingKey {
         };
         let (lost, lost_watch) = LostSignal::new();
         let watcher = runtime.spawn(watch_hold(
-            client.clone(),
+            link.client.clone(),
             self.key.clone(),
             acquired.revision,
             acquired.header + 1,
@@ -402,9 +423,8 @@ impl PendingKey {
             revision: acquired.revision,
             lost,
             watcher: watcher.abort_handle(),
-            endpoints: session.endpoints.clone(),
             cleanup: Some(Cleanup {
-                client,
+                link,
                 runtime,
                 ticket,
             }),
@@ -422,7 +442,11 @@ impl PendingKey {
 impl Drop for PendingKey {
     fn drop(&mut self) {
         if let Some(cleanup) = self.cleanup.take() {
-            cleanup.spawn(self.key.clone(), self.revision.load(Ordering::SeqCst));
+            cleanup.spawn(
+                self.key.clone(),
+                Arc::clone(&self.revision),
+                Arc::clone(&self.gate),
+            );
         }
     }
 }
@@ -475,7 +499,6 @@ struct EtcdHold {
     revision: i64,
     lost: LostSignal,
     watcher: AbortHandle,
-    endpoints: String,
     cleanup: Option<Cleanup>,
 }
 
@@ -486,22 +509,21 @@ impl Hold for EtcdHold {
         let Some(cleanup) = self.cleanup.take() else {
             return Ok(());
         };
-        match delete_if_owned(&cleanup.client, &self.key, self.revision).await {
-            Ok(true) => {
-                drop(cleanup);
-                Ok(())
-            }
-            Ok(false) => {
-                drop(cleanup);
-                Err(LockError::LockLost {
-                    name: self.name.clone(),
-                    reason: self.lost.reason().unwrap_or(LossReason::Deleted),
-                })
-            }
-            Err(err) => {
-                cleanup.spawn(self.key.clone(), self.revision);
-                Err(from_etcd(err, &self.endpoints, "release the lock"))
-            }
+        let (key, revision) = (self.key.clone(), self.revision);
+        let released = retry(&cleanup.link, "release the lock", |client| {
+            let key = key.clone();
+            async move { delete_if_owned(&client, &key, revision).await }
+        })
+        .await;
+        // The key is gone (or its session with it): the next local task may go.
+        drop(cleanup);
+        match released {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(LockError::SessionLost { .. }) => Err(LockError::LockLost {
+                name: self.name.clone(),
+                reason: self.lost.reason().unwrap_or(LossReason::Deleted),
+            }),
+            Err(err) => Err(err),
         }
     }
 }
@@ -510,7 +532,8 @@ impl Drop for EtcdHold {
     fn drop(&mut self) {
         self.watcher.abort();
         if let Some(cleanup) = self.cleanup.take() {
-            cleanup.spawn(self.key.clone(), self.revision);
+            let revision = Arc::new(AtomicI64::new(self.revision));
+            cleanup.spawn(self.key.clone(), revision, Arc::default());
         }
     }
 }

@@ -16,17 +16,33 @@ use crate::error::from_etcd;
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
 /// One lease and what hangs off it. Dropping it ends the session and revokes the lease.
+///
+/// It derefs to its [`Link`], the part that holds share without keeping the session alive.
 pub(crate) struct Session {
-    pub(crate) client: Client,
-    pub(crate) lease_id: i64,
+    link: Arc<Link>,
     pub(crate) namespace: String,
-    pub(crate) endpoints: String,
     pub(crate) runtime: Handle,
     /// Serializes this session's own tasks per name before they touch etcd: one lease owns
     /// one key per name, so two tasks must never share it.
     pub(crate) local: Arc<LockTable<()>>,
+}
+
+/// The client, the lease and the session's end signal: what a hold needs to release itself
+/// and to learn that the session ended.
+pub(crate) struct Link {
+    pub(crate) client: Client,
+    pub(crate) lease_id: i64,
+    pub(crate) endpoints: String,
     ended: LostSignal,
     pub(crate) ended_watch: LostWatch,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Link;
+
+    fn deref(&self) -> &Link {
+        &self.link
+    }
 }
 
 impl Session {
@@ -71,17 +87,26 @@ impl Session {
             ended_watch.clone(),
         ));
         Ok(Arc::new(Session {
-            client,
-            lease_id,
+            link: Arc::new(Link {
+                client,
+                lease_id,
+                endpoints,
+                ended,
+                ended_watch,
+            }),
             namespace: config.namespace.clone(),
-            endpoints,
             runtime,
             local: LockTable::new(),
-            ended,
-            ended_watch,
         }))
     }
 
+    /// The shared part, for holds.
+    pub(crate) fn link(&self) -> Arc<Link> {
+        Arc::clone(&self.link)
+    }
+}
+
+impl Link {
     /// The session id used in messages: the lease id in hex, as in the keys.
     pub(crate) fn id(&self) -> String {
         format!("{:x}", self.lease_id)
