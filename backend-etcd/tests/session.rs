@@ -1,0 +1,110 @@
+//! Session behaviour around the network and credentials, and the fenced-write helper.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Etcd, GUARD};
+use locksmith_api::{DistributedLock, LockError};
+use locksmith_etcd::etcd_client::{Compare, CompareOp, TxnOp};
+use locksmith_etcd::{EtcdConfig, EtcdLock};
+
+/// A stall shorter than the TTL (etcd paused, then back) is ridden out: the session and its
+/// hold survive and work goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_outage_is_ridden_out() {
+    let etcd = Etcd::with_ttl(6);
+    let a = etcd.session().await;
+    let held = a.lock("stall").await.unwrap();
+    etcd.server.signal("-STOP").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    etcd.server.signal("-CONT").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !held.is_lost(),
+        "the hold ended in an outage shorter than the TTL"
+    );
+    tokio::time::timeout(GUARD, held.unlock())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = tokio::time::timeout(GUARD, a.lock("stall"))
+        .await
+        .unwrap()
+        .unwrap();
+    again.unlock().await.unwrap();
+}
+
+/// A fenced write lands while the hold is ours and is refused once it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_write_only_while_owned() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let held = a.lock("fenced").await.unwrap();
+    let write = |value: &str| [TxnOp::put("data/fenced", value, None)];
+    let ok = a.txn_if_owner(&held, [], write("first")).await.unwrap();
+    assert!(ok.succeeded());
+    let no_compare = a
+        .txn_if_owner(
+            &held,
+            [Compare::value("data/fenced", CompareOp::Equal, "other")],
+            write("x"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !no_compare.succeeded(),
+        "the caller's own compare is honoured"
+    );
+
+    // The hold is deleted behind the holder's back (as after a pause past the TTL).
+    etcd.raw().await.delete(held.key(), None).await.unwrap();
+    let next = b.lock("fenced").await.unwrap();
+    let stale = a.txn_if_owner(&held, [], write("stale")).await.unwrap();
+    assert!(!stale.succeeded(), "a stale holder's write was accepted");
+    let value = etcd.raw().await.get("data/fenced", None).await.unwrap();
+    assert_eq!(value.kvs()[0].value(), b"first");
+    next.unlock().await.unwrap();
+}
+
+/// With authentication on: wrong credentials are a typed error, right ones work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked() {
+    let etcd = Etcd::new();
+    let mut raw = etcd.raw().await;
+    raw.user_add("root", "secret", None).await.unwrap();
+    raw.user_grant_role("root", "root").await.unwrap();
+    raw.auth_enable().await.unwrap();
+
+    let with = |password: &str| EtcdConfig {
+        user: Some("root".into()),
+        password: Some(password.into()),
+        connect_timeout_ms: 2_000,
+        ..etcd.config.clone()
+    };
+    match EtcdLock::connect(&with("wrong")).await {
+        Err(err @ (LockError::Backend { .. } | LockError::Unavailable { .. })) => {
+            let text = format!("{err}: {:?}", std::error::Error::source(&err));
+            assert!(text.contains("authentication failed"), "{text}");
+        }
+        other => panic!("wrong password gave {other:?}"),
+    }
+    let session = EtcdLock::connect(&with("secret")).await.unwrap();
+    let guard = session.lock("authed").await.unwrap();
+    guard.unlock().await.unwrap();
+    // Without credentials etcd still grants leases, but refuses the lock's keys.
+    let anonymous = EtcdLock::connect(&etcd.config).await.unwrap();
+    match tokio::time::timeout(GUARD, anonymous.lock("authed"))
+        .await
+        .unwrap()
+    {
+        Err(err @ LockError::Backend { .. }) => {
+            let text = format!("{err}: {:?}", std::error::Error::source(&err));
+            assert!(
+                text.contains("permission denied") || text.contains("user name"),
+                "{text}"
+            );
+        }
+        other => panic!("no credentials gave {other:?}"),
+    }
+}
