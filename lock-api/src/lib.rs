@@ -26,7 +26,6 @@
 //! // Bad names are refused before any backend is involved.
 //! assert!(locksmith_api::validate_name("reports/nightly").is_ok());
 //! assert!(locksmith_api::validate_name("").is_err());
-//! # let _ = exclusively::<dyn DistributedLock>;
 //! ```
 //!
 //! # Writing a backend
