@@ -37,6 +37,7 @@
 
 mod config;
 mod error;
+mod hub;
 mod mutex;
 mod session;
 mod watch;

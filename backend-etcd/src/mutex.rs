@@ -206,7 +206,7 @@ async fn enqueue_and_wait(
     loop {
         let (older, header) = predecessor(session, keys, queued.revision).await?;
         let Some(older) = older else { break };
-        match watch::deleted(&session.client, &older, header + 1).await {
+        match watch::deleted(session, &older, header + 1).await {
             Ok(Watched::Deleted | Watched::Reread) => {}
             Err(err) if is_unavailable(&err) => backoff(session, Duration::from_millis(50)).await?,
             Err(err) => return Err(from_etcd(err, &session.endpoints, "watch the lock queue")),
@@ -410,7 +410,7 @@ impl PendingKey {
         };
         let (lost, lost_watch) = LostSignal::new();
         let watcher = runtime.spawn(watch_hold(
-            link.client.clone(),
+            Arc::clone(&link),
             self.key.clone(),
             acquired.revision,
             acquired.header + 1,
@@ -453,7 +453,7 @@ impl Drop for PendingKey {
 
 /// Marks the hold lost when its key is deleted or the session ends.
 async fn watch_hold(
-    client: Client,
+    link: Arc<Link>,
     key: String,
     revision: i64,
     mut from: i64,
@@ -467,14 +467,14 @@ async fn watch_hold(
                 lost.mark(reason);
                 return;
             }
-            watched = watch::deleted(&client, &key, from) => watched,
+            watched = watch::deleted(&link, &key, from) => watched,
         };
         if matches!(watched, Ok(Watched::Deleted)) {
             lost.mark(LossReason::Deleted);
             return;
         }
         // Compaction, a broken stream or an error: look at the key itself.
-        let mut reader = client.clone();
+        let mut reader = link.client.clone();
         match reader.get(key.as_str(), None).await {
             Ok(now) => {
                 let ours = now

@@ -11,6 +11,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::config::EtcdConfig;
 use crate::error::from_etcd;
+use crate::hub::WatchHub;
 
 /// Longest pause between attempts to reopen a broken keepalive stream.
 const MAX_RETRY: Duration = Duration::from_secs(1);
@@ -31,6 +32,8 @@ pub(crate) struct Session {
 /// and to learn that the session ended.
 pub(crate) struct Link {
     pub(crate) client: Client,
+    /// The session's one watch stream, shared by its waits and holds.
+    pub(crate) watches: WatchHub,
     pub(crate) lease_id: i64,
     pub(crate) endpoints: String,
     ended: LostSignal,
@@ -88,6 +91,7 @@ impl Session {
         ));
         Ok(Arc::new(Session {
             link: Arc::new(Link {
+                watches: WatchHub::start(client.clone(), &runtime),
                 client,
                 lease_id,
                 endpoints,

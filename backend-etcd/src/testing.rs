@@ -195,6 +195,36 @@ impl EtcdServer {
         format!("http://{}", self.endpoint())
     }
 
+    /// The value of a Prometheus metric from etcd's `/metrics` (summed over its label sets),
+    /// such as `etcd_debugging_mvcc_watch_stream_total`.
+    ///
+    /// # Errors
+    /// When etcd does not answer or has no such metric.
+    pub fn metric(&self, name: &str) -> Result<f64, HarnessError> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.endpoint())?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.endpoint()
+        )?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if values.is_empty() {
+            return Err(format!("etcd reports no metric {name}").into());
+        }
+        Ok(values.iter().sum())
+    }
+
     /// Sends a signal to the etcd process (`-STOP`, `-CONT`, …).
     ///
     /// # Errors
