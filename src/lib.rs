@@ -46,7 +46,7 @@ pub use locksmith_api::{
     async_trait, validate_name, BoxError, DistributedLock, FencingToken, LockError, LockGuard,
     LossReason, MAX_NAME_LEN,
 };
-pub use locksmith_etcd::{EtcdConfig, EtcdLock, EtcdTls};
+pub use locksmith_etcd::{etcd_client, EtcdConfig, EtcdLock, EtcdTls};
 pub use locksmith_memory::{MemoryLock, MemoryStore};
 
 /// The backend-side vocabulary, for writing a backend of your own.

@@ -85,13 +85,10 @@ pub(crate) async fn try_lock(
     let keys = LockKeys::new(session, name);
     let pending = PendingKey::new(session, &keys.own, ticket);
     let queued = enqueue(session, &keys, &pending).await?;
-    let owner = match queued.owner {
-        true => true,
-        false => predecessor(session, &keys, queued.revision)
+    let owner = queued.owner
+        || predecessor(session, &keys, queued.revision)
             .await?
-            .0
-            .is_none(),
-    };
+            .is_none();
     if !owner {
         // Withdraw before answering, so a failed try_lock leaves nothing behind.
         pending.withdraw().await?;
@@ -204,9 +201,10 @@ async fn enqueue_and_wait(
         return Ok(queued);
     }
     loop {
-        let (older, header) = predecessor(session, keys, queued.revision).await?;
-        let Some(older) = older else { break };
-        match watch::deleted(session, &older, header + 1).await {
+        let Some((older, created)) = predecessor(session, keys, queued.revision).await? else {
+            break;
+        };
+        match watch::gone(session, &older, created).await {
             Ok(Watched::Deleted | Watched::Reread) => {}
             Err(err) if is_unavailable(&err) => backoff(session, Duration::from_millis(50)).await?,
             Err(err) => return Err(from_etcd(err, &session.endpoints, "watch the lock queue")),
@@ -236,12 +234,12 @@ async fn enqueue_and_wait(
     }
 }
 
-/// The newest direct-child key older than `revision`, and the revision it was read at.
+/// The newest direct-child key older than `revision`, with its create revision.
 async fn predecessor(
     session: &Session,
     keys: &LockKeys,
     revision: i64,
-) -> Result<(Option<String>, i64), LockError> {
+) -> Result<Option<(String, i64)>, LockError> {
     let mut below = revision - 1;
     loop {
         let options = GetOptions::new()
@@ -255,13 +253,13 @@ async fn predecessor(
             async move { client.get(prefix, Some(options)).await }
         })
         .await?;
-        let header = page.header().map_or(0, |h| h.revision());
         if let Some(kv) = page.kvs().iter().find(|kv| keys.is_direct_child(kv.key())) {
-            return Ok((Some(String::from_utf8_lossy(kv.key()).into_owned()), header));
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            return Ok(Some((key, kv.create_revision())));
         }
         match page.kvs().last() {
             Some(last) if page.more() => below = last.create_revision() - 1,
-            _ => return Ok((None, header)),
+            _ => return Ok(None),
         }
     }
 }
@@ -467,9 +465,9 @@ async fn watch_hold(
                 lost.mark(reason);
                 return;
             }
-            watched = watch::deleted(&link, &key, from) => watched,
+            watched = watch::deleted_since(&link, &key, from) => watched,
         };
-        if matches!(watched, Ok(Watched::Deleted)) {
+        if watched == Watched::Deleted {
             lost.mark(LossReason::Deleted);
             return;
         }

@@ -125,41 +125,102 @@ impl Member {
     }
 }
 
-/// Waits until `endpoints` serve a linearizable read, or fails with the members' logs.
+/// True when `endpoints` serve a linearizable read within a second.
 ///
 /// Runs on a thread of its own, so it works from inside an async test too.
-fn wait_ready(endpoints: &[String], logs: impl Fn() -> String) -> Result<(), HarnessError> {
-    let answered = std::thread::scope(|scope| {
+fn answers(endpoints: &[String]) -> bool {
+    std::thread::scope(|scope| {
         scope
-            .spawn(|| probe_until_ready(endpoints))
+            .spawn(|| {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return false;
+                };
+                runtime.block_on(async {
+                    let probe = async {
+                        let urls: Vec<String> =
+                            endpoints.iter().map(|e| format!("http://{e}")).collect();
+                        let mut client = etcd_client::Client::connect(urls, None).await?;
+                        client.get("locksmith-harness-probe", None).await?;
+                        Ok::<_, etcd_client::Error>(())
+                    };
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(1), probe).await,
+                        Ok(Ok(()))
+                    )
+                })
+            })
             .join()
-            .unwrap_or_else(|_| Err("the readiness probe panicked".into()))
-    });
-    answered.map_err(|err| format!("{err}; etcd's log:\n{}", logs()).into())
+            .unwrap_or(false)
+    })
 }
 
-fn probe_until_ready(endpoints: &[String]) -> Result<(), HarnessError> {
+/// How waiting for members to come up ended.
+enum Startup {
+    Ready,
+    /// A member exited (most likely a port taken between choosing and binding it).
+    Exited,
+}
+
+/// Waits until the members answer, or one exits, or the start timeout passes.
+fn wait_ready(members: &mut [Member]) -> Result<Startup, HarnessError> {
+    let endpoints: Vec<String> = members.iter().map(Member::endpoint).collect();
     let deadline = Instant::now() + START_TIMEOUT;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        loop {
-            let ready = async {
-                let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
-                let mut client = etcd_client::Client::connect(urls, None).await?;
-                client.get("locksmith-harness-probe", None).await?;
-                Ok::<_, etcd_client::Error>(())
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), ready).await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("etcd did not answer within {START_TIMEOUT:?}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        if answers(&endpoints) {
+            return Ok(Startup::Ready);
         }
-    })
+        for member in members.iter_mut() {
+            if let Some(child) = &mut member.process {
+                if child.try_wait()?.is_some() {
+                    member.process = None;
+                    return Ok(Startup::Exited);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: String = members
+                .iter()
+                .map(|m| format!("--- {} ---\n{}", m.name, m.log()))
+                .collect();
+            return Err(
+                format!("etcd did not answer within {START_TIMEOUT:?}; logs:\n{logs}").into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Attempts at starting, each on fresh ports.
+const START_ATTEMPTS: usize = 5;
+
+/// Starts `size` fresh members under `root` until they all answer.
+fn start_members(root: &Path, size: usize) -> Result<(Vec<Member>, String, String), HarnessError> {
+    for attempt in 0..START_ATTEMPTS {
+        let mut members = (0..size)
+            .map(|i| Member::new(&root.join(format!("attempt{attempt}")), i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("locksmith-{}", members[0].client_port);
+        for member in &mut members {
+            member.start(&initial_cluster, &token)?;
+        }
+        match wait_ready(&mut members)? {
+            Startup::Ready => return Ok((members, initial_cluster, token)),
+            Startup::Exited => {
+                for member in &mut members {
+                    member.kill();
+                }
+            }
+        }
+    }
+    Err(format!("etcd exited at start {START_ATTEMPTS} times (ports taken?)").into())
 }
 
 /// One etcd member on loopback; killed and its data removed on drop.
@@ -177,12 +238,9 @@ impl EtcdServer {
         let dir = tempfile::Builder::new()
             .prefix("locksmith-etcd-")
             .tempdir()?;
-        let mut member = Member::new(dir.path(), 0)?;
-        let cluster = format!("{}={}", member.name, member.peer_url());
-        member.start(&cluster, "locksmith-test")?;
-        let server = EtcdServer { member, _dir: dir };
-        wait_ready(&[server.endpoint()], || server.member.log())?;
-        Ok(server)
+        let (mut members, _, _) = start_members(dir.path(), 1)?;
+        let member = members.pop().ok_or("no member started")?;
+        Ok(EtcdServer { member, _dir: dir })
     }
 
     /// `127.0.0.1:PORT`.
@@ -257,26 +315,13 @@ impl EtcdCluster {
         let dir = tempfile::Builder::new()
             .prefix("locksmith-etcd-cluster-")
             .tempdir()?;
-        let mut members = (0..size)
-            .map(|i| Member::new(dir.path(), i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let initial_cluster = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",");
-        let token = format!("locksmith-cluster-{}", members[0].client_port);
-        for member in &mut members {
-            member.start(&initial_cluster, &token)?;
-        }
-        let cluster = EtcdCluster {
+        let (members, initial_cluster, token) = start_members(dir.path(), size)?;
+        Ok(EtcdCluster {
             members,
             initial_cluster,
             token,
             _dir: dir,
-        };
-        wait_ready(&cluster.endpoints(), || cluster.logs())?;
-        Ok(cluster)
+        })
     }
 
     /// Every member's `127.0.0.1:PORT`.
@@ -338,13 +383,6 @@ impl EtcdCluster {
             }
         }
         Err("no member reports a leader".into())
-    }
-
-    fn logs(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("--- {} ---\n{}", m.name, m.log()))
-            .collect()
     }
 }
 

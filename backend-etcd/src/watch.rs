@@ -13,32 +13,54 @@ pub(crate) enum Watched {
     Reread,
 }
 
-/// Waits until `key` is deleted at or after `from_revision`, on the session's shared stream.
+/// Waits until the queue key `key`, created at `create_revision`, is gone: the wait of a
+/// waiter on its predecessor, which should end as soon as etcd can tell.
 ///
-/// Start from the revision after the one the caller read the key at: that revision is not yet
-/// reached, so the server delivers the delete as soon as it happens, where a watch from an
-/// already-passed revision starts "unsynced" and waits for etcd's 100 ms catch-up loop.
+/// The watch starts at the store's current revision, never at one read earlier: by the time
+/// the watch is created other clients' writes may have moved the store past any revision read
+/// before, and a watch starting behind the store is "unsynced", served only by etcd's 100 ms
+/// catch-up loop. Once the watch exists, one read covers everything before it: a key already
+/// gone (or recreated under a newer revision) ends the wait at once.
 ///
 /// # Errors
-/// The etcd error of the one read it makes.
-pub(crate) async fn deleted(
+/// The etcd error of that read.
+pub(crate) async fn gone(
     link: &Link,
     key: &str,
-    from_revision: i64,
+    create_revision: i64,
 ) -> Result<Watched, etcd_client::Error> {
-    let mut watch = link.watches.watch(key, from_revision);
+    let mut watch = link.watches.watch(key, 0);
     if watch.next().await != Notice::Created {
         return Ok(Watched::Reread);
     }
-    // If the delete raced ahead of the watch's creation, the watch starts behind the store and
-    // etcd would deliver it only from its 100 ms catch-up loop: look once, now that the watch
-    // exists, so nothing can fall between the look and the watch.
     let mut client = link.client.clone();
-    if client.get(key, None).await?.kvs().is_empty() {
+    let now = client.get(key, None).await?;
+    if !now
+        .kvs()
+        .first()
+        .is_some_and(|kv| kv.create_revision() == create_revision)
+    {
         return Ok(Watched::Deleted);
     }
-    Ok(match watch.next().await {
+    Ok(outcome(watch.next().await))
+}
+
+/// Waits for a delete of `key` at or after `from_revision`: the loss watch of a hold.
+///
+/// Starting from a known revision means no delete can be missed without an extra read; the
+/// delivery may take etcd's 100 ms catch-up loop when the store has moved on, which is fine
+/// for learning of a loss (and saves a round trip on every acquisition).
+pub(crate) async fn deleted_since(link: &Link, key: &str, from_revision: i64) -> Watched {
+    let mut watch = link.watches.watch(key, from_revision);
+    match watch.next().await {
+        Notice::Created => outcome(watch.next().await),
+        other => outcome(other),
+    }
+}
+
+fn outcome(notice: Notice) -> Watched {
+    match notice {
         Notice::Deleted => Watched::Deleted,
         Notice::Created | Notice::Reread => Watched::Reread,
-    })
+    }
 }

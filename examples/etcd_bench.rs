@@ -1,0 +1,255 @@
+//! Lock throughput and latency on a real etcd, locksmith beside etcd's server-side lock API.
+//!
+//! ```text
+//! cargo run --release -p locksmith --example etcd_bench -- \
+//!     --endpoints 127.0.0.1:2379 --mode contended --clients 3 --duration 10 [--impl v3lock]
+//! ```
+//!
+//! Prints one JSON line: `{"impl","mode","clients","ops","ops_per_s","p50_us","p99_us","violations"}`,
+//! latency per lock+unlock (per delete→event for `floor`). `violations` counts overlapping
+//! holds seen by an in-process check and must be 0.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use locksmith::etcd_client::{EventType, LockOptions, WatchOptions};
+use locksmith::{DistributedLock, EtcdConfig, EtcdLock, LockError};
+use serde::Serialize;
+
+#[derive(Parser)]
+struct Args {
+    /// etcd endpoints, comma-separated (`127.0.0.1:2379` or `http://127.0.0.1:2379`).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "contended")]
+    mode: Mode,
+    /// Concurrent clients, each with its own session (lease).
+    #[arg(long, default_value_t = 3)]
+    clients: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// The lock implementation.
+    #[arg(long = "impl", value_enum, default_value = "locksmith")]
+    implementation: Impl,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// One client: lock+unlock in a loop.
+    Uncontended,
+    /// N clients, one name, empty critical section.
+    Contended,
+    /// N clients, one name each.
+    Distinct,
+    /// Delete → watch event of a waiter watching from the next revision: the lower bound of
+    /// a handoff on this etcd.
+    Floor,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Impl {
+    /// This library's etcd backend.
+    Locksmith,
+    /// etcd's server-side lock service (v3lock), through etcd-client.
+    V3lock,
+}
+
+#[derive(Serialize)]
+struct Report {
+    #[serde(rename = "impl")]
+    implementation: Impl,
+    mode: Mode,
+    clients: usize,
+    ops: usize,
+    ops_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    violations: usize,
+}
+
+/// One client session of either implementation.
+enum Locker {
+    Locksmith(EtcdLock),
+    /// The lock service, on the lease of a locksmith session kept for its keepalive.
+    V3(EtcdLock),
+}
+
+impl Locker {
+    async fn connect(implementation: Impl, endpoints: &[String]) -> Result<Self, LockError> {
+        let config = EtcdConfig::new(endpoints.iter().cloned());
+        let session = EtcdLock::connect(&config).await?;
+        Ok(match implementation {
+            Impl::Locksmith => Locker::Locksmith(session),
+            Impl::V3lock => Locker::V3(session),
+        })
+    }
+
+    /// Takes and releases `name` once; `inside` runs while holding.
+    async fn cycle(&self, name: &str, inside: impl FnOnce()) -> Result<(), LockError> {
+        match self {
+            Locker::Locksmith(session) => {
+                let guard = session.lock(name).await?;
+                inside();
+                guard.unlock().await
+            }
+            Locker::V3(session) => {
+                let mut client = session.client();
+                let options = LockOptions::new().with_lease(session.lease_id());
+                let held = client.lock(name, Some(options)).await.map_err(v3_error)?;
+                inside();
+                client.unlock(held.key()).await.map_err(v3_error)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn v3_error(err: locksmith::etcd_client::Error) -> LockError {
+    LockError::Backend {
+        backend: "etcd",
+        operation: "v3lock".into(),
+        source: Box::new(err),
+    }
+}
+
+/// Counts overlapping holds of one name.
+#[derive(Default)]
+struct OverlapCheck {
+    inside: AtomicUsize,
+    violations: AtomicUsize,
+}
+
+impl OverlapCheck {
+    fn enter_and_leave(&self) {
+        if self.inside.fetch_add(1, Ordering::SeqCst) != 0 {
+            self.violations.fetch_add(1, Ordering::SeqCst);
+        }
+        std::hint::spin_loop();
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn run_locks(args: &Args) -> Result<(Vec<Duration>, usize), LockError> {
+    let clients = if args.mode == Mode::Uncontended {
+        1
+    } else {
+        args.clients.max(1)
+    };
+    let run = format!("bench/{}", std::process::id());
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let checks: Arc<Vec<OverlapCheck>> =
+        Arc::new((0..clients).map(|_| OverlapCheck::default()).collect());
+    let mut tasks = Vec::new();
+    for id in 0..clients {
+        let locker = Locker::connect(args.implementation, &args.endpoints).await?;
+        let (checks, run, mode) = (Arc::clone(&checks), run.clone(), args.mode);
+        tasks.push(tokio::spawn(async move {
+            let slot = if mode == Mode::Distinct { id } else { 0 };
+            let name = format!("{run}/{slot}");
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                locker
+                    .cycle(&name, || checks[slot].enter_and_leave())
+                    .await?;
+                latencies.push(started.elapsed());
+            }
+            Ok::<_, LockError>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let done = task
+            .await
+            .map_err(|err| LockError::config_with("a bench client failed", err))??;
+        latencies.extend(done);
+    }
+    let violations = checks
+        .iter()
+        .map(|c| c.violations.load(Ordering::SeqCst))
+        .sum();
+    Ok((latencies, violations))
+}
+
+async fn run_floor(args: &Args) -> Result<Vec<Duration>, LockError> {
+    let session = EtcdLock::connect(&EtcdConfig::new(args.endpoints.iter().cloned())).await?;
+    let mut client = session.client();
+    let key = format!("bench-floor/{}", std::process::id());
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let mut latencies = Vec::new();
+    let failed = |err| LockError::Backend {
+        backend: "etcd",
+        operation: "floor".into(),
+        source: Box::new(err),
+    };
+    while Instant::now() < deadline {
+        let put = client.put(key.as_str(), "", None).await.map_err(failed)?;
+        let next = put.header().map_or(0, |h| h.revision()) + 1;
+        let options = WatchOptions::new().with_start_revision(next);
+        let mut stream = client
+            .watch(key.as_str(), Some(options))
+            .await
+            .map_err(failed)?;
+        let started = Instant::now();
+        client.delete(key.as_str(), None).await.map_err(failed)?;
+        loop {
+            let Some(reply) = stream.message().await.map_err(failed)? else {
+                break;
+            };
+            if reply
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                latencies.push(started.elapsed());
+                break;
+            }
+        }
+    }
+    Ok(latencies)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1e6
+}
+
+#[tokio::main]
+async fn main() -> Result<(), LockError> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let (mut latencies, violations) = match args.mode {
+        Mode::Floor => (run_floor(&args).await?, 0),
+        _ => run_locks(&args).await?,
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let report = Report {
+        implementation: args.implementation,
+        mode: args.mode,
+        clients: if args.mode == Mode::Uncontended || args.mode == Mode::Floor {
+            1
+        } else {
+            args.clients
+        },
+        ops: latencies.len(),
+        ops_per_s: (latencies.len() as f64 / elapsed * 10.0).round() / 10.0,
+        p50_us: percentile(&latencies, 0.50).round(),
+        p99_us: percentile(&latencies, 0.99).round(),
+        violations,
+    };
+    match serde_json::to_string(&report) {
+        Ok(line) => println!("{line}"),
+        Err(err) => return Err(LockError::config_with("cannot print the report", err)),
+    }
+    Ok(())
+}
