@@ -27,6 +27,8 @@ use crate::watch::{self, Watched};
 
 /// Keys read per page when looking for the predecessor among nested lock names.
 const PAGE: i64 = 64;
+/// How long a hold lives before its key is watched for deletes (see `watch_hold`).
+const HOLD_WATCH_DELAY: Duration = Duration::from_millis(50);
 /// Longest pause between retries of an unavailable etcd.
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
@@ -86,9 +88,10 @@ pub(crate) async fn try_lock(
     let pending = PendingKey::new(session, &keys.own, ticket);
     let queued = enqueue(session, &keys, &pending).await?;
     let owner = queued.owner
-        || predecessor(session, &keys, queued.revision)
-            .await?
-            .is_none();
+        || matches!(
+            ahead(session, &keys, queued.revision).await?,
+            Ahead::Nobody { own: Some(own), .. } if own == queued.revision
+        );
     if !owner {
         // Withdraw before answering, so a failed try_lock leaves nothing behind.
         pending.withdraw().await?;
@@ -201,65 +204,80 @@ async fn enqueue_and_wait(
         return Ok(queued);
     }
     loop {
-        let Some((older, created)) = predecessor(session, keys, queued.revision).await? else {
-            break;
-        };
-        match watch::gone(session, &older, created).await {
-            Ok(Watched::Deleted | Watched::Reread) => {}
-            Err(err) if is_unavailable(&err) => backoff(session, Duration::from_millis(50)).await?,
-            Err(err) => return Err(from_etcd(err, &session.endpoints, "watch the lock queue")),
-        }
-    }
-    // The session may have expired while we waited (etcd issue 9921): only our own key,
-    // still there with our revision, proves ownership.
-    let own = retry(session, "confirm the lock", |mut client| {
-        let key = keys.own.clone();
-        async move { client.get(key, None).await }
-    })
-    .await?;
-    let header = own.header().map_or(0, |h| h.revision());
-    match own.kvs().first() {
-        Some(kv) if kv.create_revision() == queued.revision => Ok(Queued {
-            revision: queued.revision,
-            header,
-            owner: true,
-        }),
-        _ => {
-            session.check_alive()?;
-            Err(LockError::LockLost {
-                name: keys.own.clone(),
-                reason: LossReason::Deleted,
-            })
+        match ahead(session, keys, queued.revision).await? {
+            Ahead::Waiter { key, revision } => match watch::gone(session, &key, revision).await {
+                Ok(Watched::Deleted | Watched::Reread) => {}
+                Err(err) if is_unavailable(&err) => {
+                    backoff(session, Duration::from_millis(50)).await?
+                }
+                Err(err) => return Err(from_etcd(err, &session.endpoints, "watch the lock queue")),
+            },
+            // The session may have expired while we waited (etcd issue 9921): only our own
+            // key, still there with our revision, proves ownership.
+            Ahead::Nobody { own, header } if own == Some(queued.revision) => {
+                return Ok(Queued {
+                    revision: queued.revision,
+                    header,
+                    owner: true,
+                })
+            }
+            Ahead::Nobody { .. } => {
+                session.check_alive()?;
+                return Err(LockError::LockLost {
+                    name: keys.own.clone(),
+                    reason: LossReason::Deleted,
+                });
+            }
         }
     }
 }
 
-/// The newest direct-child key older than `revision`, with its create revision.
-async fn predecessor(
-    session: &Session,
-    keys: &LockKeys,
-    revision: i64,
-) -> Result<Option<(String, i64)>, LockError> {
+/// Who is ahead of us in the queue.
+enum Ahead {
+    /// The newest direct-child key older than ours.
+    Waiter { key: String, revision: i64 },
+    /// Nobody: our own key's create revision (if it still exists), read in the same
+    /// transaction at store revision `header`.
+    Nobody { own: Option<i64>, header: i64 },
+}
+
+/// Reads who is ahead of the key created at `revision`, and our own key with it: one round
+/// trip decides between waiting on and owning the lock.
+async fn ahead(session: &Session, keys: &LockKeys, revision: i64) -> Result<Ahead, LockError> {
     let mut below = revision - 1;
     loop {
-        let options = GetOptions::new()
+        let older = GetOptions::new()
             .with_prefix()
             .with_max_create_revision(below)
             .with_sort(SortTarget::Create, SortOrder::Descend)
             .with_limit(PAGE)
             .with_keys_only();
-        let page = retry(session, "read the lock queue", |mut client| {
-            let (prefix, options) = (keys.prefix.clone(), options.clone());
-            async move { client.get(prefix, Some(options)).await }
+        let txn = Txn::new().and_then([
+            TxnOp::get(keys.prefix.as_str(), Some(older)),
+            TxnOp::get(keys.own.as_str(), Some(GetOptions::new().with_keys_only())),
+        ]);
+        let reply = retry(session, "read the lock queue", |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
         })
         .await?;
+        let header = reply.header().map_or(0, |h| h.revision());
+        let (page, own) = match reply.op_responses().as_slice() {
+            [TxnOpResponse::Get(page), TxnOpResponse::Get(own)] => (page.clone(), own.clone()),
+            _ => return Err(malformed("the queue read")),
+        };
         if let Some(kv) = page.kvs().iter().find(|kv| keys.is_direct_child(kv.key())) {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            return Ok(Some((key, kv.create_revision())));
+            return Ok(Ahead::Waiter {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                revision: kv.create_revision(),
+            });
         }
         match page.kvs().last() {
             Some(last) if page.more() => below = last.create_revision() - 1,
-            _ => return Ok(None),
+            _ => {
+                let own = own.kvs().first().map(|kv| kv.create_revision());
+                return Ok(Ahead::Nobody { own, header });
+            }
         }
     }
 }
@@ -458,6 +476,16 @@ async fn watch_hold(
     lost: LostSignal,
     ended: LostWatch,
 ) {
+    // Most holds are short: watch only those that outlive a moment. The watch starts from the
+    // acquisition's revision, so a delete in the meantime is still seen.
+    tokio::select! {
+        biased;
+        reason = ended.wait() => {
+            lost.mark(reason);
+            return;
+        }
+        () = tokio::time::sleep(HOLD_WATCH_DELAY) => {}
+    }
     loop {
         let watched = tokio::select! {
             biased;

@@ -35,10 +35,10 @@ pub(crate) async fn gone(
     }
     let mut client = link.client.clone();
     let now = client.get(key, None).await?;
-    if !now
+    if now
         .kvs()
         .first()
-        .is_some_and(|kv| kv.create_revision() == create_revision)
+        .is_none_or(|kv| kv.create_revision() != create_revision)
     {
         return Ok(Watched::Deleted);
     }
