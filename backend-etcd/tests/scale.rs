@@ -49,7 +49,9 @@ async fn thousand_waiters_drain_in_order_over_few_streams() {
             .unwrap();
     }
     let rate = WAITERS as f64 / started.elapsed().as_secs_f64();
-    println!("{WAITERS} handoffs at {rate:.0}/s over {streams} watch streams");
+    let peak = peak_rss_kib();
+    println!("{WAITERS} handoffs at {rate:.0}/s over {streams} watch streams, peak RSS {peak} KiB");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
     assert_eq!(*order.lock(), (0..WAITERS).collect::<Vec<_>>());
     // A regression guard for a debug build on a loaded machine; BENCHMARKS.md has the figure.
     assert!(rate >= 100.0, "{rate:.0} handoffs/s");
@@ -76,4 +78,14 @@ async fn ten_thousand_names_held_by_one_session() {
         guard.unlock().await.unwrap();
     }
     assert!(other.try_lock("many/0").await.unwrap().is_some());
+}
+
+/// This process's peak resident set size (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap()
 }
