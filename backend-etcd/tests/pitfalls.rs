@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Etcd, GUARD};
-use locksmith_api::conformance::SessionFactory;
 use locksmith_api::{DistributedLock, LockError, LossReason};
 use locksmith_etcd::etcd_client::{CompactionOptions, DeleteOptions};
 use rand::Rng;
@@ -32,12 +31,7 @@ async fn contended_handoff_is_fast() {
             let guard = next.lock("handoff").await;
             (guard, Instant::now())
         });
-        within("the waiter to queue", async {
-            while etcd.queue_len("handoff").await < 2 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-        .await;
+        etcd.wait_queued("handoff", 2).await;
         let released = Instant::now();
         holder.unlock().await.unwrap();
         let (guard, acquired) = within("the handoff", waiter).await.unwrap();
@@ -113,16 +107,7 @@ async fn lease_revoked_while_waiting_fails_the_waiter() {
     let etcd = Etcd::with_ttl(3);
     let (a, b) = (etcd.session().await, etcd.session().await);
     let held = a.lock("revoke").await.unwrap();
-    let waiter = {
-        let b = b.clone();
-        tokio::spawn(async move { b.lock("revoke").await })
-    };
-    within("queue", async {
-        while etcd.queue_len("revoke").await < 2 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    let waiter = etcd.queued_waiter(&b, "revoke").await;
     etcd.raw().await.lease_revoke(b.lease_id()).await.unwrap();
     match within("the waiter to fail", waiter).await.unwrap() {
         Err(err) => assert!(err.is_session_lost(), "{err}"),
@@ -178,16 +163,7 @@ async fn deleted_key_is_lost_and_stale_unlock_spares_the_new_hold() {
     let etcd = Etcd::new();
     let (a, b) = (etcd.session().await, etcd.session().await);
     let held = a.lock("op").await.unwrap();
-    let waiter = {
-        let b = b.clone();
-        tokio::spawn(async move { b.lock("op").await })
-    };
-    within("queue", async {
-        while etcd.queue_len("op").await < 2 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    let waiter = etcd.queued_waiter(&b, "op").await;
     etcd.raw().await.delete(held.key(), None).await.unwrap();
     assert_eq!(within("lost()", held.lost()).await, LossReason::Deleted);
     let next = within("the next holder", waiter).await.unwrap().unwrap();
@@ -228,16 +204,7 @@ async fn compaction_during_a_wait() {
     let etcd = Etcd::new();
     let (a, b) = (etcd.session().await, etcd.session().await);
     let held = a.lock("compact").await.unwrap();
-    let waiter = {
-        let b = b.clone();
-        tokio::spawn(async move { b.lock("compact").await })
-    };
-    within("queue", async {
-        while etcd.queue_len("compact").await < 2 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    let waiter = etcd.queued_waiter(&b, "compact").await;
     let mut raw = etcd.raw().await;
     let mut revision = 0;
     for i in 0..50 {

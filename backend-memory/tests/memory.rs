@@ -2,8 +2,24 @@
 
 use std::time::Duration;
 
+use locksmith_api::LockGuard;
 use locksmith_api::{DistributedLock, LockError, LossReason};
 use locksmith_memory::{MemoryLock, MemoryStore};
+use tokio::task::JoinHandle;
+
+/// Spawns `session.lock(name)` and returns once it waits behind one holder.
+async fn queued_waiter(
+    store: &MemoryStore,
+    session: &MemoryLock,
+    name: &str,
+) -> JoinHandle<Result<LockGuard, LockError>> {
+    let (session, owned) = (session.clone(), name.to_owned());
+    let waiter = tokio::spawn(async move { session.lock(&owned).await });
+    while store.queue_len(name) < 2 {
+        tokio::task::yield_now().await;
+    }
+    waiter
+}
 
 #[tokio::test(start_paused = true)]
 async fn live_session_outlasts_many_ttls() {
@@ -56,13 +72,7 @@ async fn expiry_fails_waiters_of_the_session() {
     let store = MemoryStore::new();
     let (a, b) = (store.connect().unwrap(), store.connect().unwrap());
     let held = b.lock("x").await.unwrap();
-    let waiter = {
-        let a = a.clone();
-        tokio::spawn(async move { a.lock("x").await })
-    };
-    while store.queue_len("x") < 2 {
-        tokio::task::yield_now().await;
-    }
+    let waiter = queued_waiter(&store, &a, "x").await;
     a.expire();
     match waiter.await.unwrap() {
         Err(err) => assert!(err.is_session_lost(), "{err}"),
@@ -78,13 +88,7 @@ async fn revoke_hands_the_lock_to_the_next_waiter() {
     let store = MemoryStore::new();
     let (a, b) = (store.connect().unwrap(), store.connect().unwrap());
     let guard = a.lock("x").await.unwrap();
-    let waiter = {
-        let b = b.clone();
-        tokio::spawn(async move { b.lock("x").await })
-    };
-    while store.queue_len("x") < 2 {
-        tokio::task::yield_now().await;
-    }
+    let waiter = queued_waiter(&store, &b, "x").await;
     assert!(store.revoke("x"));
     assert_eq!(guard.lost().await, LossReason::Deleted);
     let next = waiter.await.unwrap().unwrap();

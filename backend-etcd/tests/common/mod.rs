@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use locksmith_api::conformance::SessionFactory;
-use locksmith_api::{DistributedLock, LockError};
+use locksmith_api::{DistributedLock, LockError, LockGuard};
 use locksmith_etcd::etcd_client::{Client, GetOptions};
 use locksmith_etcd::testing::EtcdServer;
 use locksmith_etcd::{EtcdConfig, EtcdLock};
+use tokio::task::JoinHandle;
 
 /// The longest one step of a test may take.
 pub const GUARD: Duration = Duration::from_secs(20);
@@ -56,6 +57,30 @@ impl Etcd {
             Ok(Err(err)) => panic!("connect failed: {err}"),
             Err(_) => panic!("connect hung"),
         }
+    }
+
+    /// Waits until the store shows `entries` keys (holder plus waiters) for `name`.
+    pub async fn wait_queued(&self, name: &str, entries: usize) {
+        let queued = async {
+            while self.queue_len(name).await < entries {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        if tokio::time::timeout(GUARD, queued).await.is_err() {
+            panic!("{name:?} never had {entries} entries in the queue");
+        }
+    }
+
+    /// Spawns `session.lock(name)` and returns once it is queued behind one holder.
+    pub async fn queued_waiter(
+        &self,
+        session: &EtcdLock,
+        name: &str,
+    ) -> JoinHandle<Result<LockGuard, LockError>> {
+        let (session, owned) = (session.clone(), name.to_owned());
+        let waiter = tokio::spawn(async move { session.lock(&owned).await });
+        self.wait_queued(name, 2).await;
+        waiter
     }
 
     /// A plain etcd client, as an operator or another program would use.
