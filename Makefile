@@ -1,7 +1,7 @@
 # locksmith: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: demo test deps fmt lint unit doc
+.PHONY: demo test deps fmt lint unit doc chaos chaos-short
 
 # The three-client demo on the embedded memory backend.
 demo:
@@ -9,7 +9,7 @@ demo:
 
 # Everything CI runs: installs what is missing (protoc, etcd, etcdctl), then format, lints,
 # every test (real etcd included) and the doc tests.
-test: deps fmt lint unit doc
+test: deps fmt lint unit doc chaos-short
 
 deps:
 	bash scripts/install-deps.sh
@@ -27,3 +27,12 @@ unit:
 
 doc:
 	$(CARGO) test --workspace --doc --all-features
+
+# The chaos run: client processes against a 3-member etcd cluster under random faults,
+# with a checked history (CHAOS_SECS, default 300). Exits 0 only on a clean verdict.
+chaos: deps
+	$(CARGO) run --release --example chaos -- --secs $${CHAOS_SECS:-300}
+
+# The 60-second chaos run of `make test` (debug build, already built by `unit`).
+chaos-short:
+	$(CARGO) run --example chaos -- --secs 60

@@ -89,3 +89,17 @@ proptest! {
         })?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100_000))]
+
+    /// The config parser under 100,000 generated URLs: typed errors or success, never a panic.
+    #[test]
+    fn url_parser_survives_100k_cases(
+        scheme in prop_oneof!["memory", "etcd", "[a-z+]{0,8}"],
+        rest in "[ -~]{0,60}",
+    ) {
+        let url = format!("{scheme}://{rest}");
+        prop_assert!(config_error(LockConfig::from_url(&url)));
+    }
+}

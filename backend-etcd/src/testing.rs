@@ -336,6 +336,22 @@ impl EtcdCluster {
         }
     }
 
+    /// Sends a signal (`-STOP`, `-CONT`, …) to member `index`.
+    ///
+    /// # Errors
+    /// When there is no such running member or `kill` fails.
+    pub fn signal_member(&self, index: usize, signal: &str) -> Result<(), HarnessError> {
+        match self.members.get(index) {
+            Some(member) => member.signal(signal),
+            None => Err(format!("no member {index}").into()),
+        }
+    }
+
+    /// True while member `index` runs (it was not killed, or was restarted).
+    pub fn is_running(&self, index: usize) -> bool {
+        self.members.get(index).is_some_and(|m| m.process.is_some())
+    }
+
     /// Restarts a killed member `index` on its old ports and data.
     ///
     /// # Errors

@@ -1,0 +1,89 @@
+//! The event log every chaos process writes: one JSON object per line.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// One thing that happened, stamped with the wall clock (all processes share one machine).
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Event {
+    /// Microseconds since the Unix epoch.
+    pub t: u64,
+    /// Who: a client id (`c3`) or `chaos` for the orchestrator.
+    pub who: String,
+    /// What: attempt, acquired, write, plain_write, releasing, released, lost, error, session,
+    /// fault.
+    pub event: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub token: u64,
+    /// The session's lease id, hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lease: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<bool>,
+    /// For writes: the etcd revision of the transaction's reply.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rev: u64,
+    /// For faults: the kind; for errors: the message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// For faults on a client: which one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Appends events to one file, flushed line by line so a SIGKILL loses at most the last one.
+pub struct Log {
+    file: File,
+    who: String,
+}
+
+impl Log {
+    pub fn open(path: &Path, who: &str) -> std::io::Result<Log> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Log {
+            file,
+            who: who.to_owned(),
+        })
+    }
+
+    pub fn write(&mut self, mut event: Event) {
+        event.t = now_us();
+        event.who = self.who.clone();
+        if let Ok(line) = serde_json::to_string(&event) {
+            let _ = writeln!(self.file, "{line}");
+        }
+    }
+}
+
+/// Every event of every log under `dir`, in time order.
+pub fn read_all(dir: &Path) -> std::io::Result<Vec<Event>> {
+    let mut events = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            for line in std::fs::read_to_string(&path)?.lines() {
+                if let Ok(event) = serde_json::from_str::<Event>(line) {
+                    events.push(event);
+                }
+            }
+        }
+    }
+    events.sort_by_key(|e| e.t);
+    Ok(events)
+}
