@@ -192,3 +192,63 @@ fn unreachable_etcd_is_one_line_and_nonzero() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
 }
+
+/// Refusals leave nothing behind: no key, no lease.
+async fn nothing_left(endpoint: &str, user: Option<(&str, &str)>) {
+    use locksmith::etcd_client::{Client, ConnectOptions, GetOptions};
+    let options = user.map(|(u, p)| ConnectOptions::new().with_user(u, p));
+    let mut client = Client::connect([format!("http://{endpoint}")], options)
+        .await
+        .unwrap();
+    let keys = client
+        .get("", Some(GetOptions::new().with_all_keys().with_keys_only()))
+        .await
+        .unwrap();
+    assert_eq!(keys.kvs().len(), 0, "keys left behind");
+    let leases = client.leases().await.unwrap();
+    assert_eq!(leases.leases().len(), 0, "leases left behind");
+}
+
+#[tokio::test]
+async fn bad_names_are_one_line_errors_and_leave_nothing() {
+    let server = etcd();
+    // A NUL cannot travel in argv at all; other control characters can, and are refused.
+    for name in ["", "line\nbreak", "bell\u{7}", &"x".repeat(2000)] {
+        let out = locksmith(&server.endpoint(), name).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("invalid lock name"), "{stderr}");
+    }
+    nothing_left(&server.endpoint(), None).await;
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_one_line_errors_and_leave_nothing() {
+    use locksmith::etcd_client::Client;
+    let server = etcd();
+    let mut admin = Client::connect([server.client_url()], None).await.unwrap();
+    admin.user_add("root", "secret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    for url in [
+        format!("etcd://{}/?user=root&password=wrong", server.endpoint()),
+        format!("etcd://{}/", server.endpoint()),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_locksmith"))
+            .args(["--url", &url, "lock", "guarded"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("authentication failed")
+                || stderr.contains("permission denied")
+                || stderr.contains("user name is empty"),
+            "{stderr}"
+        );
+    }
+    nothing_left(&server.endpoint(), Some(("root", "secret"))).await;
+}

@@ -192,8 +192,12 @@ fn one_line(err: &LockError) -> String {
     let mut line = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
+        // Messages that already quote their cause are not repeated.
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
         source = cause.source();
     }
     line.replace('\n', " ")
