@@ -111,10 +111,11 @@ pub fn check(events: &[Event], ttl_us: u64, end_us: u64) -> Verdict {
             continue;
         };
         let waiting = waiting_at(events, &held.name, &kill.target, kill.t);
-        if waiting && kill.t + grace < end_us {
+        let deadline = unblock_deadline(events, kill.t, grace);
+        if waiting && deadline < end_us {
             let served = holds
                 .iter()
-                .any(|h| h.name == held.name && h.start > kill.t && h.start <= kill.t + grace);
+                .any(|h| h.name == held.name && h.start > kill.t && h.start <= deadline);
             if !served {
                 verdict.stuck.push(format!(
                     "{} killed holding {} at {}: nobody acquired it within TTL + 2 s",
@@ -124,6 +125,32 @@ pub fn check(events: &[Event], ttl_us: u64, end_us: u64) -> Verdict {
         }
     }
     verdict
+}
+
+/// When the waiters of a holder killed at `t` must have the lock: TTL + 2 s later, unless the
+/// cluster lost a member meanwhile. etcd extends every lease when a new leader takes over, so
+/// each member fault in the window moves the deadline to its recovery + TTL + 2 s.
+fn unblock_deadline(events: &[Event], t: u64, grace: u64) -> u64 {
+    let mut deadline = t + grace;
+    for (i, f) in events.iter().enumerate() {
+        let member_fault = matches!(
+            f.detail.as_str(),
+            "kill_member" | "kill_leader" | "stop_member"
+        );
+        if f.event != "fault" || !member_fault || f.t < t || f.t > deadline {
+            continue;
+        }
+        let recovered = events[i + 1..]
+            .iter()
+            .find(|e| {
+                e.event == "fault"
+                    && e.target == f.target
+                    && matches!(e.detail.as_str(), "restart_member" | "cont_member")
+            })
+            .map_or(f.t, |e| e.t);
+        deadline = deadline.max(recovered + grace);
+    }
+    deadline
 }
 
 /// True if a client other than `except` had an attempt on `name` outstanding at `t`.
@@ -270,6 +297,26 @@ mod tests {
         ];
         let verdict = check(&events, 2_000_000, 10_000_000);
         assert!(verdict.overlaps.is_empty(), "{:?}", verdict.overlaps);
+    }
+
+    #[test]
+    fn a_leader_change_extends_the_wait_for_a_killed_holder() {
+        let fault = |t: u64, detail: &str, target: &str| Event {
+            detail: detail.into(),
+            target: target.into(),
+            ..event(t, "chaos", "fault", "", 0)
+        };
+        let events = vec![
+            event(10, "c1", "acquired", "a", 5),
+            event(15, "c2", "attempt", "a", 0),
+            fault(20, "kill_client", "c1"),
+            fault(1_000_000, "kill_leader", "m0"),
+            fault(2_500_000, "restart_member", "m0"),
+            // Past kill + TTL + 2 s, within the restart + TTL + 2 s.
+            event(5_000_000, "c2", "acquired", "a", 7),
+        ];
+        let verdict = check(&events, 2_000_000, 20_000_000);
+        assert!(verdict.stuck.is_empty(), "{:?}", verdict.stuck);
     }
 
     #[test]
