@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use locksmith_api::DistributedLock;
+use locksmith_api::{
+    async_trait, DistributedLock, FencingToken, Hold, LockError, LockGuard, LostSignal,
+};
 use locksmith_memory::MemoryStore;
 use tokio::runtime::Runtime;
 
@@ -22,6 +24,43 @@ fn runtime() -> Runtime {
     }
 }
 
+/// What any backend pays before it locks anything: the trait's boxed future, a loss signal
+/// and a boxed hold inside a `LockGuard`. Not a lock; the floor the API's shape sets.
+struct ApiFloor {
+    name: Arc<str>,
+}
+
+struct NoHold(#[allow(dead_code)] LostSignal);
+
+#[async_trait]
+impl Hold for NoHold {
+    async fn release(self: Box<Self>) -> Result<(), LockError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DistributedLock for ApiFloor {
+    async fn lock(&self, _name: &str) -> Result<LockGuard, LockError> {
+        let (signal, watch) = LostSignal::new();
+        Ok(LockGuard::with_session_key(
+            Arc::clone(&self.name),
+            1,
+            FencingToken::new(1),
+            watch,
+            Box::new(NoHold(signal)),
+        ))
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
+        self.lock(name).await.map(Some)
+    }
+
+    async fn close(&self) -> Result<(), LockError> {
+        Ok(())
+    }
+}
+
 fn uncontended(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("uncontended lock+unlock");
@@ -32,6 +71,15 @@ fn uncontended(c: &mut Criterion) {
     group.bench_function("locksmith-memory", |b| {
         b.to_async(&rt).iter(|| async {
             let guard = session.lock("bench").await;
+            drop(guard);
+        })
+    });
+    let floor = ApiFloor {
+        name: Arc::from("bench"),
+    };
+    group.bench_function("api floor (guard only, no lock)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = floor.lock("bench").await;
             drop(guard);
         })
     });

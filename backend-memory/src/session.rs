@@ -117,10 +117,9 @@ impl MemoryLock {
     }
 
     fn guard(&self, ticket: Ticket<HoldTag>, tag: HoldTag, watch: LostWatch) -> LockGuard {
-        let key = format!("{}/{:x}", ticket.name(), self.session.id);
-        LockGuard::new(
-            ticket.name().to_owned(),
-            key,
+        LockGuard::with_session_key(
+            Arc::clone(ticket.shared_name()),
+            self.session.id,
             ticket.token(),
             watch,
             Box::new(MemoryHold {
@@ -196,18 +195,27 @@ struct MemoryHold {
     lost: LostSignal,
 }
 
-#[async_trait]
-impl Hold for MemoryHold {
-    async fn release(self: Box<Self>) -> Result<(), LockError> {
-        let name = self.ticket.name().to_owned();
-        if self.ticket.release() {
+impl MemoryHold {
+    fn release_here(&mut self) -> Result<(), LockError> {
+        if self.ticket.release_in_place() {
             Ok(())
         } else {
             Err(LockError::LockLost {
-                name,
+                name: self.ticket.name().to_owned(),
                 reason: self.lost.reason().unwrap_or(LossReason::Unknown),
             })
         }
+    }
+}
+
+#[async_trait]
+impl Hold for MemoryHold {
+    async fn release(mut self: Box<Self>) -> Result<(), LockError> {
+        self.release_here()
+    }
+
+    fn release_now(&mut self) -> Option<Result<(), LockError>> {
+        Some(self.release_here())
     }
 }
 
@@ -218,12 +226,13 @@ impl DistributedLock for MemoryLock {
         self.check_alive()?;
         let (tag, watch) = self.tag();
         let table = self.session.store.table();
+        // The queue first: a free lock is taken without registering for the session's end.
         let ticket = tokio::select! {
             biased;
+            ticket = table.acquire(name, tag.clone()) => ticket?,
             reason = self.session.ended_watch.wait() => {
                 return Err(self.session.lost_error(reason));
             }
-            ticket = table.acquire(name, tag.clone()) => ticket?,
         };
         // The session may have ended in the same instant; the ticket then goes back.
         self.check_alive()?;

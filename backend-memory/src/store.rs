@@ -107,7 +107,8 @@ impl MemoryStore {
         self.inner.table.queue_len(name)
     }
 
-    /// How many names are held or waited for; names nobody uses take no memory.
+    /// How many names are held or waited for. Names nobody uses take no memory beyond a
+    /// small cache of the most recently freed ones.
     pub fn active_names(&self) -> usize {
         self.inner.table.active_names()
     }

@@ -1,10 +1,11 @@
 //! The guard a caller holds while it owns a lock, and the loss signal behind it.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::{FencingToken, LockError, LossReason};
 
@@ -23,6 +24,13 @@ pub trait Hold: Send + Sync + 'static {
     /// [`LockError::LockLost`] when the hold had already ended; a backend error when the
     /// release could not be confirmed.
     async fn release(self: Box<Self>) -> Result<(), LockError>;
+
+    /// Releases at once if the backend needs no I/O for it (an in-process backend) and
+    /// returns what [`release`](Hold::release) would have; `None`, the default, means the
+    /// release must be awaited. After `Some`, dropping the hold must do nothing more.
+    fn release_now(&mut self) -> Option<Result<(), LockError>> {
+        None
+    }
 }
 
 /// The sending half of a hold's loss signal, kept by the backend.
@@ -30,31 +38,92 @@ pub trait Hold: Send + Sync + 'static {
 /// Cloning shares one signal. The first [`mark`](LostSignal::mark) wins; dropping every
 /// clone without marking also counts as a loss ([`LossReason::Unknown`]), so a guard never
 /// waits forever on a backend that went away.
-#[derive(Clone)]
-pub struct LostSignal(Arc<watch::Sender<Option<LossReason>>>);
+pub struct LostSignal(Arc<LossCell>);
+
+/// The state one signal and its watches share: one allocation per hold.
+struct LossCell {
+    /// 0 while owned, else the [`LossReason`] encoded by [`encode`].
+    reason: AtomicU8,
+    /// How many [`LostSignal`] clones are alive.
+    signals: AtomicUsize,
+    /// Wakes every [`LostWatch::wait`] once `reason` is set.
+    notify: Notify,
+}
+
+const OWNED: u8 = 0;
+
+fn encode(reason: LossReason) -> u8 {
+    match reason {
+        LossReason::Expired => 1,
+        LossReason::Closed => 2,
+        LossReason::Revoked => 3,
+        LossReason::Deleted => 4,
+        LossReason::Unknown => 5,
+    }
+}
+
+fn decode(code: u8) -> Option<LossReason> {
+    match code {
+        OWNED => None,
+        1 => Some(LossReason::Expired),
+        2 => Some(LossReason::Closed),
+        3 => Some(LossReason::Revoked),
+        4 => Some(LossReason::Deleted),
+        _ => Some(LossReason::Unknown),
+    }
+}
+
+impl LossCell {
+    fn reason(&self) -> Option<LossReason> {
+        decode(self.reason.load(Ordering::Acquire))
+    }
+
+    fn mark(&self, reason: LossReason) -> bool {
+        let marked = self
+            .reason
+            .compare_exchange(OWNED, encode(reason), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if marked {
+            self.notify.notify_waiters();
+        }
+        marked
+    }
+}
 
 impl LostSignal {
     /// Creates a signal and the watch a [`LockGuard`] is built with.
     pub fn new() -> (LostSignal, LostWatch) {
-        let (tx, rx) = watch::channel(None);
-        (LostSignal(Arc::new(tx)), LostWatch(rx))
+        let cell = Arc::new(LossCell {
+            reason: AtomicU8::new(OWNED),
+            signals: AtomicUsize::new(1),
+            notify: Notify::new(),
+        });
+        (LostSignal(Arc::clone(&cell)), LostWatch(cell))
     }
 
     /// Records that ownership ended; returns false when it was already recorded.
     pub fn mark(&self, reason: LossReason) -> bool {
-        self.0.send_if_modified(|current| {
-            if current.is_some() {
-                false
-            } else {
-                *current = Some(reason);
-                true
-            }
-        })
+        self.0.mark(reason)
     }
 
     /// The recorded reason, if ownership has ended.
     pub fn reason(&self) -> Option<LossReason> {
-        *self.0.borrow()
+        self.0.reason()
+    }
+}
+
+impl Clone for LostSignal {
+    fn clone(&self) -> Self {
+        self.0.signals.fetch_add(1, Ordering::Relaxed);
+        LostSignal(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for LostSignal {
+    fn drop(&mut self) {
+        if self.0.signals.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.mark(LossReason::Unknown);
+        }
     }
 }
 
@@ -65,27 +134,39 @@ impl fmt::Debug for LostSignal {
 }
 
 /// The receiving half of a [`LostSignal`].
-#[derive(Clone, Debug)]
-pub struct LostWatch(watch::Receiver<Option<LossReason>>);
+#[derive(Clone)]
+pub struct LostWatch(Arc<LossCell>);
 
 impl LostWatch {
     /// The reason ownership ended, or `None` while it is held.
     pub fn reason(&self) -> Option<LossReason> {
-        match *self.0.borrow() {
-            Some(reason) => Some(reason),
-            None if self.0.has_changed().is_err() => Some(LossReason::Unknown),
-            None => None,
-        }
+        self.0.reason()
     }
 
     /// Completes when ownership ends, with the reason.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only watches.
     pub async fn wait(&self) -> LossReason {
-        let mut rx = self.0.clone();
-        let reason = match rx.wait_for(Option::is_some).await {
-            Ok(reason) => *reason,
-            Err(_) => None,
-        };
-        reason.unwrap_or(LossReason::Unknown)
+        if let Some(reason) = self.0.reason() {
+            return reason;
+        }
+        loop {
+            let notified = self.0.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Register before looking, so a mark between the look and the await still wakes us.
+            notified.as_mut().enable();
+            if let Some(reason) = self.0.reason() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl fmt::Debug for LostWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LostWatch").field(&self.reason()).finish()
     }
 }
 
@@ -104,11 +185,20 @@ impl LostWatch {
 /// [`fencing_token`](LockGuard::fencing_token) to the storage you protect.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
-    name: String,
-    key: String,
+    name: Arc<str>,
+    key: GuardKey,
     token: FencingToken,
     lost: LostWatch,
     hold: Box<dyn Hold>,
+}
+
+/// A guard's key: given by the backend, or `{name}/{session in hex}` formatted on first use.
+enum GuardKey {
+    Given(String),
+    Session {
+        id: u64,
+        formatted: OnceLock<String>,
+    },
 }
 
 impl LockGuard {
@@ -121,8 +211,29 @@ impl LockGuard {
         hold: Box<dyn Hold>,
     ) -> Self {
         LockGuard {
-            name: name.into(),
-            key: key.into(),
+            name: Arc::from(name.into()),
+            key: GuardKey::Given(key.into()),
+            token,
+            lost,
+            hold,
+        }
+    }
+
+    /// Builds a guard whose key is `{name}/{session:x}`, formatted only if asked for; for
+    /// in-process backends, where a lock+unlock costs less than formatting a key.
+    pub fn with_session_key(
+        name: Arc<str>,
+        session: u64,
+        token: FencingToken,
+        lost: LostWatch,
+        hold: Box<dyn Hold>,
+    ) -> Self {
+        LockGuard {
+            name,
+            key: GuardKey::Session {
+                id: session,
+                formatted: OnceLock::new(),
+            },
             token,
             lost,
             hold,
@@ -136,7 +247,12 @@ impl LockGuard {
 
     /// The backend's key for this hold (on etcd `{namespace}{name}/{lease id in hex}`).
     pub fn key(&self) -> &str {
-        &self.key
+        match &self.key {
+            GuardKey::Given(key) => key,
+            GuardKey::Session { id, formatted } => {
+                formatted.get_or_init(|| format!("{}/{id:x}", self.name))
+            }
+        }
     }
 
     /// The fencing token of this hold: greater than every earlier holder's of this name.
@@ -174,12 +290,21 @@ impl LockGuard {
     /// for a dropped guard.
     pub async fn unlock(self) -> Result<(), LockError> {
         let LockGuard {
-            name, lost, hold, ..
+            name,
+            lost,
+            mut hold,
+            ..
         } = self;
         match lost.reason() {
             // Dropping the hold still cleans up whatever the backend keeps for it.
-            Some(reason) => Err(LockError::LockLost { name, reason }),
-            None => hold.release().await,
+            Some(reason) => Err(LockError::LockLost {
+                name: name.to_string(),
+                reason,
+            }),
+            None => match hold.release_now() {
+                Some(released) => released,
+                None => hold.release().await,
+            },
         }
     }
 }
@@ -188,9 +313,64 @@ impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
             .field("name", &self.name)
-            .field("key", &self.key)
+            .field("key", &self.key())
             .field("fencing_token", &self.token)
             .field("lost", &self.lost.reason())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoHold;
+
+    #[async_trait]
+    impl Hold for NoHold {
+        async fn release(self: Box<Self>) -> Result<(), LockError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn first_mark_wins_and_wakes_waiters() {
+        let (signal, watch) = LostSignal::new();
+        let waiter = {
+            let watch = watch.clone();
+            tokio::spawn(async move { watch.wait().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(watch.reason(), None);
+        assert!(signal.mark(LossReason::Deleted));
+        assert!(!signal.mark(LossReason::Expired));
+        assert_eq!(waiter.await.unwrap(), LossReason::Deleted);
+        assert_eq!(watch.wait().await, LossReason::Deleted);
+    }
+
+    #[tokio::test]
+    async fn dropping_every_signal_is_an_unknown_loss() {
+        let (signal, watch) = LostSignal::new();
+        let second = signal.clone();
+        drop(signal);
+        assert_eq!(watch.reason(), None);
+        drop(second);
+        assert_eq!(watch.reason(), Some(LossReason::Unknown));
+        assert_eq!(watch.wait().await, LossReason::Unknown);
+    }
+
+    #[test]
+    fn session_keys_are_formatted_on_demand() {
+        let (_signal, watch) = LostSignal::new();
+        let guard = LockGuard::with_session_key(
+            Arc::from("jobs/a"),
+            0x2a,
+            FencingToken::new(3),
+            watch,
+            Box::new(NoHold),
+        );
+        assert_eq!(guard.name(), "jobs/a");
+        assert_eq!(guard.key(), "jobs/a/2a");
+        assert_eq!(guard.fencing_token().get(), 3);
     }
 }

@@ -4,7 +4,7 @@
 //! per session to serialize its own tasks on a name before they touch etcd. Each entry carries
 //! a backend-defined tag (the memory backend stores the session and loss signal there).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,16 +21,36 @@ pub struct LockTable<T> {
     state: Mutex<TableState<T>>,
 }
 
+/// Lock names are short and looked up on every lock and unlock: hashbrown's seeded foldhash,
+/// not SipHash, and `entry_ref` so a name is copied only when its queue is created.
+type Names<T> = hashbrown::HashMap<String, NameQueue<T>>;
+
 struct TableState<T> {
-    names: HashMap<String, NameQueue<T>>,
+    names: Names<T>,
+    /// Names that went idle, oldest first; at most [`IDLE_KEPT`] stay in `names`.
+    idle: VecDeque<Arc<str>>,
     next_ticket: u64,
     last_token: u64,
 }
 
 struct NameQueue<T> {
+    /// The name, shared with every ticket and guard of it.
+    name: Arc<str>,
     holder: Option<Holder<T>>,
     waiters: VecDeque<Waiter<T>>,
+    /// True while the name is in [`TableState::idle`].
+    listed_idle: bool,
 }
+
+impl<T> NameQueue<T> {
+    fn is_idle(&self) -> bool {
+        self.holder.is_none() && self.waiters.is_empty()
+    }
+}
+
+/// How many names nobody holds or waits for the table keeps, so that a lock taken over and
+/// over in a loop does not allocate and free its queue each time.
+const IDLE_KEPT: usize = 64;
 
 struct Holder<T> {
     ticket: u64,
@@ -40,14 +60,16 @@ struct Holder<T> {
 struct Waiter<T> {
     ticket: u64,
     tag: T,
-    wake: oneshot::Sender<Result<FencingToken, LockError>>,
+    wake: oneshot::Sender<Result<(Arc<str>, FencingToken), LockError>>,
 }
 
-impl<T> Default for NameQueue<T> {
-    fn default() -> Self {
+impl<T> NameQueue<T> {
+    fn new(name: &str) -> Self {
         NameQueue {
+            name: Arc::from(name),
             holder: None,
             waiters: VecDeque::new(),
+            listed_idle: false,
         }
     }
 }
@@ -57,7 +79,8 @@ impl<T: Clone + Send + 'static> LockTable<T> {
     pub fn new() -> Arc<Self> {
         Arc::new(LockTable {
             state: Mutex::new(TableState {
-                names: HashMap::new(),
+                names: Names::default(),
+                idle: VecDeque::new(),
                 next_ticket: 0,
                 last_token: 0,
             }),
@@ -76,11 +99,16 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         let (ticket, wake) = {
             let mut state = self.state.lock();
             let ticket = state.new_ticket();
-            let queue = state.names.entry(name.to_owned()).or_default();
-            if queue.holder.is_none() && queue.waiters.is_empty() {
+            let TableState {
+                names, last_token, ..
+            } = &mut *state;
+            let queue = names
+                .entry_ref(name)
+                .or_insert_with(|| NameQueue::new(name));
+            if queue.is_idle() {
                 queue.holder = Some(Holder { ticket, tag });
-                let token = state.new_token();
-                return Ok(self.ticket(name, ticket, token));
+                let shared = Arc::clone(&queue.name);
+                return Ok(self.ticket(shared, ticket, next_token(last_token)));
             }
             let (tx, rx) = oneshot::channel();
             queue.waiters.push_back(Waiter {
@@ -99,7 +127,7 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         let outcome = wake.await;
         withdraw.armed = false;
         match outcome {
-            Ok(Ok(token)) => Ok(self.ticket(name, ticket, token)),
+            Ok(Ok((shared, token))) => Ok(self.ticket(shared, ticket, token)),
             Ok(Err(err)) => Err(err),
             // Waiters are only removed after being sent a result; this is defensive.
             Err(_) => Err(LockError::LockLost {
@@ -120,10 +148,15 @@ impl<T: Clone + Send + 'static> LockTable<T> {
             return None;
         }
         let ticket = state.new_ticket();
-        let queue = state.names.entry(name.to_owned()).or_default();
+        let TableState {
+            names, last_token, ..
+        } = &mut *state;
+        let queue = names
+            .entry_ref(name)
+            .or_insert_with(|| NameQueue::new(name));
         queue.holder = Some(Holder { ticket, tag });
-        let token = state.new_token();
-        Some(self.ticket(name, ticket, token))
+        let shared = Arc::clone(&queue.name);
+        Some(self.ticket(shared, ticket, next_token(last_token)))
     }
 
     /// Removes every holder and waiter whose tag matches, as a session ending does.
@@ -138,17 +171,17 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         error: impl Fn() -> LockError,
     ) {
         let mut state = self.state.lock();
-        let names: Vec<String> = state
+        let names: Vec<Arc<str>> = state
             .names
             .iter()
             .filter(|(_, q)| {
                 q.holder.as_ref().is_some_and(|h| matches(&h.tag))
                     || q.waiters.iter().any(|w| matches(&w.tag))
             })
-            .map(|(name, _)| name.clone())
+            .map(|(_, q)| Arc::clone(&q.name))
             .collect();
         for name in names {
-            let Some(queue) = state.names.get_mut(&name) else {
+            let Some(queue) = state.names.get_mut(&*name) else {
                 continue;
             };
             for waiter in extract(&mut queue.waiters, |w| matches(&w.tag)) {
@@ -196,13 +229,14 @@ impl<T: Clone + Send + 'static> LockTable<T> {
 
     /// How many names have a holder or a waiter.
     pub fn active_names(&self) -> usize {
-        self.state.lock().names.len()
+        let state = self.state.lock();
+        state.names.values().filter(|q| !q.is_idle()).count()
     }
 
-    fn ticket(self: &Arc<Self>, name: &str, ticket: u64, token: FencingToken) -> Ticket<T> {
+    fn ticket(self: &Arc<Self>, name: Arc<str>, ticket: u64, token: FencingToken) -> Ticket<T> {
         Ticket {
             table: Arc::clone(self),
-            name: name.to_owned(),
+            name,
             ticket,
             token,
             released: false,
@@ -212,13 +246,21 @@ impl<T: Clone + Send + 'static> LockTable<T> {
     /// Releases `ticket` if it still holds `name`; true when it did.
     fn release(&self, name: &str, ticket: u64) -> bool {
         let mut state = self.state.lock();
-        let Some(queue) = state.names.get_mut(name) else {
+        let TableState {
+            names,
+            idle,
+            last_token,
+            ..
+        } = &mut *state;
+        let Some(queue) = names.get_mut(name) else {
             return false;
         };
         if queue.holder.take_if(|h| h.ticket == ticket).is_none() {
             return false;
         }
-        state.hand_over(name);
+        if queue.hand_over(last_token, idle) {
+            state.trim_idle();
+        }
         true
     }
 
@@ -243,38 +285,73 @@ impl<T> TableState<T> {
         self.next_ticket
     }
 
-    fn new_token(&mut self) -> FencingToken {
-        self.last_token += 1;
-        FencingToken::new(self.last_token)
+    /// If `name` is free, gives it to the first waiter still listening, or lists the name
+    /// as idle when nobody waits.
+    fn hand_over(&mut self, name: &str) {
+        let TableState {
+            names,
+            idle,
+            last_token,
+            ..
+        } = self;
+        if names
+            .get_mut(name)
+            .is_some_and(|queue| queue.hand_over(last_token, idle))
+        {
+            self.trim_idle();
+        }
     }
 
-    /// If `name` is free, gives it to the first waiter still listening, or forgets the name
-    /// when nobody waits.
-    fn hand_over(&mut self, name: &str) {
-        loop {
-            let Some(queue) = self.names.get_mut(name) else {
-                return;
+    /// Forgets the oldest idle names beyond [`IDLE_KEPT`], so names nobody uses cost at most
+    /// a bounded cache.
+    fn trim_idle(&mut self) {
+        while self.idle.len() > IDLE_KEPT {
+            let Some(oldest) = self.idle.pop_front() else {
+                break;
             };
-            if queue.holder.is_some() {
-                return;
-            }
-            let Some(waiter) = queue.waiters.pop_front() else {
-                self.names.remove(name);
-                return;
-            };
-            let token = self.new_token();
-            // A waiter whose future was dropped no longer listens: skip it.
-            if waiter.wake.send(Ok(token)).is_ok() {
-                let Some(queue) = self.names.get_mut(name) else {
-                    return;
-                };
-                queue.holder = Some(Holder {
-                    ticket: waiter.ticket,
-                    tag: waiter.tag,
-                });
+            if let Some(queue) = self.names.get_mut(&*oldest) {
+                queue.listed_idle = false;
+                if queue.is_idle() {
+                    self.names.remove(&*oldest);
+                }
             }
         }
     }
+}
+
+impl<T> NameQueue<T> {
+    /// If free, gives the lock to the first waiter still listening; true when it stays free
+    /// (the name is then listed in `idle`).
+    fn hand_over(&mut self, last_token: &mut u64, idle: &mut VecDeque<Arc<str>>) -> bool {
+        if self.holder.is_some() {
+            return false;
+        }
+        while let Some(waiter) = self.waiters.pop_front() {
+            let token = next_token(last_token);
+            // A waiter whose future was dropped no longer listens: skip it.
+            if waiter
+                .wake
+                .send(Ok((Arc::clone(&self.name), token)))
+                .is_ok()
+            {
+                self.holder = Some(Holder {
+                    ticket: waiter.ticket,
+                    tag: waiter.tag,
+                });
+                return false;
+            }
+        }
+        if !self.listed_idle {
+            self.listed_idle = true;
+            idle.push_back(Arc::clone(&self.name));
+        }
+        true
+    }
+}
+
+fn next_token(last_token: &mut u64) -> FencingToken {
+    *last_token += 1;
+    FencingToken::new(*last_token)
 }
 
 fn extract<W>(queue: &mut VecDeque<W>, matches: impl Fn(&W) -> bool) -> Vec<W> {
@@ -309,7 +386,7 @@ impl<T: Clone + Send + 'static> Drop for Withdraw<'_, T> {
 /// Ownership of one name in a [`LockTable`]; released when dropped.
 pub struct Ticket<T: Clone + Send + 'static> {
     table: Arc<LockTable<T>>,
-    name: String,
+    name: Arc<str>,
     ticket: u64,
     token: FencingToken,
     released: bool,
@@ -318,6 +395,11 @@ pub struct Ticket<T: Clone + Send + 'static> {
 impl<T: Clone + Send + 'static> Ticket<T> {
     /// The name this ticket holds.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name as the table shares it (no copy).
+    pub fn shared_name(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -331,14 +413,22 @@ impl<T: Clone + Send + 'static> Ticket<T> {
         let state = self.table.state.lock();
         state
             .names
-            .get(&self.name)
+            .get(&*self.name)
             .and_then(|q| q.holder.as_ref())
             .is_some_and(|h| h.ticket == self.ticket)
     }
 
     /// Releases the name; false when the ticket had already been evicted.
     pub fn release(mut self) -> bool {
-        self.released = true;
+        self.release_in_place()
+    }
+
+    /// Releases the name now, leaving nothing for drop to do; false when the ticket had
+    /// already been evicted or released.
+    pub fn release_in_place(&mut self) -> bool {
+        if std::mem::replace(&mut self.released, true) {
+            return false;
+        }
         self.table.release(&self.name, self.ticket)
     }
 }
@@ -470,6 +560,41 @@ mod tests {
         assert!(!a.is_held());
         assert!(!a.release());
         assert!(table.try_acquire("a", 3).is_some());
+    }
+
+    #[tokio::test]
+    async fn idle_names_are_a_bounded_cache() {
+        let table = LockTable::<u32>::new();
+        for i in 0..1_000 {
+            let name = format!("n{i}");
+            let ticket = table.acquire(&name, 0).await.unwrap();
+            assert_eq!(table.active_names(), 1);
+            drop(ticket);
+            assert_eq!(table.active_names(), 0);
+        }
+        let state = table.state.lock();
+        assert!(
+            state.names.len() <= IDLE_KEPT,
+            "{} names kept",
+            state.names.len()
+        );
+        assert!(state.idle.len() <= IDLE_KEPT);
+        drop(state);
+        // A kept idle name works like a new one, with a fresh, greater token.
+        let again = table.acquire("n999", 0).await.unwrap();
+        assert!(again.token().get() > 1_000);
+        assert!(table.try_acquire("n999", 1).is_none());
+    }
+
+    #[tokio::test]
+    async fn release_in_place_releases_once() {
+        let table = LockTable::<u32>::new();
+        let mut ticket = table.acquire("a", 0).await.unwrap();
+        assert!(ticket.release_in_place());
+        assert!(!ticket.release_in_place());
+        let other = table.try_acquire("a", 1).unwrap();
+        drop(ticket); // must not release `other`
+        assert!(other.is_held());
     }
 
     fn futures_poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
