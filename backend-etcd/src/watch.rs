@@ -19,8 +19,10 @@ pub(crate) enum Watched {
 /// The watch starts at the store's current revision, never at one read earlier: by the time
 /// the watch is created other clients' writes may have moved the store past any revision read
 /// before, and a watch starting behind the store is "unsynced", served only by etcd's 100 ms
-/// catch-up loop. Once the watch exists, one read covers everything before it: a key already
-/// gone (or recreated under a newer revision) ends the wait at once.
+/// catch-up loop. Even "from now" can start behind when a write commits while etcd creates
+/// the watch; the hub then keeps a twin watch created right after it (see `hub.rs`). Once the
+/// watch exists, one read covers everything before it: a key already gone (or recreated under
+/// a newer revision) ends the wait at once.
 ///
 /// # Errors
 /// The etcd error of that read.
