@@ -7,10 +7,11 @@
 //!
 //! Prints one JSON line: `{"impl","mode","clients","ops","ops_per_s","p50_us","p99_us","violations"}`,
 //! latency per lock+unlock (per delete→event for `floor`). `violations` counts overlapping
-//! holds seen by an in-process check and must be 0.
+//! holds seen by an in-process check and must be 0. Contended runs add `handoff_p50_us` and
+//! `handoff_p99_us`: from a holder starting its unlock to the next holder's `lock` returning.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -71,6 +72,12 @@ struct Report {
     p50_us: f64,
     p99_us: f64,
     violations: usize,
+    /// Contended mode only: from the moment a holder starts its unlock to the moment the next
+    /// holder's `lock` returns (what `floor` bounds from below).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff_p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff_p99_us: Option<f64>,
 }
 
 /// One client session of either implementation.
@@ -118,24 +125,36 @@ fn v3_error(err: locksmith::etcd_client::Error) -> LockError {
     }
 }
 
-/// Counts overlapping holds of one name.
+/// Counts overlapping holds of one name, and times the handoffs between holders.
 #[derive(Default)]
 struct OverlapCheck {
     inside: AtomicUsize,
     violations: AtomicUsize,
+    /// When the last holder left (and went on to unlock), and the handoffs seen so far.
+    handoffs: std::sync::Mutex<(Option<Instant>, Vec<Duration>)>,
 }
 
 impl OverlapCheck {
     fn enter_and_leave(&self) {
+        let entered = Instant::now();
         if self.inside.fetch_add(1, Ordering::SeqCst) != 0 {
             self.violations.fetch_add(1, Ordering::SeqCst);
         }
         std::hint::spin_loop();
         self.inside.fetch_sub(1, Ordering::SeqCst);
+        let mut handoffs = self.handoffs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(left) = handoffs.0 {
+            let gap = entered.saturating_duration_since(left);
+            handoffs.1.push(gap);
+        }
+        handoffs.0 = Some(Instant::now());
     }
 }
 
-async fn run_locks(args: &Args) -> Result<(Vec<Duration>, usize), LockError> {
+/// Latencies per lock+unlock, overlapping holds seen, and handoff times (contended mode).
+type LockRun = (Vec<Duration>, usize, Vec<Duration>);
+
+async fn run_locks(args: &Args) -> Result<LockRun, LockError> {
     let clients = if args.mode == Mode::Uncontended {
         1
     } else {
@@ -174,7 +193,16 @@ async fn run_locks(args: &Args) -> Result<(Vec<Duration>, usize), LockError> {
         .iter()
         .map(|c| c.violations.load(Ordering::SeqCst))
         .sum();
-    Ok((latencies, violations))
+    let handoffs = if args.mode == Mode::Contended {
+        let mut handoffs = checks[0]
+            .handoffs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut handoffs.1)
+    } else {
+        Vec::new()
+    };
+    Ok((latencies, violations, handoffs))
 }
 
 async fn run_floor(args: &Args) -> Result<Vec<Duration>, LockError> {
@@ -227,12 +255,14 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn main() -> Result<(), LockError> {
     let args = Args::parse();
     let started = Instant::now();
-    let (mut latencies, violations) = match args.mode {
-        Mode::Floor => (run_floor(&args).await?, 0),
+    let (mut latencies, violations, mut handoffs) = match args.mode {
+        Mode::Floor => (run_floor(&args).await?, 0, Vec::new()),
         _ => run_locks(&args).await?,
     };
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
+    handoffs.sort();
+    let handoff = |p| (!handoffs.is_empty()).then(|| percentile(&handoffs, p).round());
     let report = Report {
         implementation: args.implementation,
         mode: args.mode,
@@ -246,6 +276,8 @@ async fn main() -> Result<(), LockError> {
         p50_us: percentile(&latencies, 0.50).round(),
         p99_us: percentile(&latencies, 0.99).round(),
         violations,
+        handoff_p50_us: handoff(0.50),
+        handoff_p99_us: handoff(0.99),
     };
     match serde_json::to_string(&report) {
         Ok(line) => println!("{line}"),

@@ -29,6 +29,17 @@ type report struct {
 	P50us      float64 `json:"p50_us"`
 	P99us      float64 `json:"p99_us"`
 	Violations int64   `json:"violations"`
+	// Contended mode only: from a holder starting its unlock to the next holder's Lock returning.
+	HandoffP50us *float64 `json:"handoff_p50_us,omitempty"`
+	HandoffP99us *float64 `json:"handoff_p99_us,omitempty"`
+}
+
+func percentile(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1)*p + 0.5)
+	return float64(sorted[i].Microseconds())
 }
 
 func main() {
@@ -51,6 +62,9 @@ func main() {
 	var violations int64
 	var mu sync.Mutex
 	var latencies []time.Duration
+	var handoffMu sync.Mutex
+	var lastLeft time.Time
+	var handoffs []time.Duration
 	var wg sync.WaitGroup
 	started := time.Now()
 	for id := 0; id < *clients; id++ {
@@ -80,10 +94,19 @@ func main() {
 					fmt.Fprintf(os.Stderr, "etcd_bench: lock: %v\n", err)
 					os.Exit(1)
 				}
+				entered := time.Now()
 				if atomic.AddInt64(&inside[slot], 1) != 1 {
 					atomic.AddInt64(&violations, 1)
 				}
 				atomic.AddInt64(&inside[slot], -1)
+				if *mode == "contended" {
+					handoffMu.Lock()
+					if !lastLeft.IsZero() {
+						handoffs = append(handoffs, entered.Sub(lastLeft))
+					}
+					lastLeft = time.Now()
+					handoffMu.Unlock()
+				}
 				if err := m.Unlock(context.Background()); err != nil {
 					fmt.Fprintf(os.Stderr, "etcd_bench: unlock: %v\n", err)
 					os.Exit(1)
@@ -98,17 +121,17 @@ func main() {
 	wg.Wait()
 	elapsed := time.Since(started).Seconds()
 	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
-	pct := func(p float64) float64 {
-		if len(latencies) == 0 {
-			return 0
-		}
-		i := int(float64(len(latencies)-1)*p + 0.5)
-		return float64(latencies[i].Microseconds())
-	}
-	out, _ := json.Marshal(report{
+	sort.Slice(handoffs, func(i, j int) bool { return handoffs[i] < handoffs[j] })
+	r := report{
 		Impl: "go-concurrency", Mode: *mode, Clients: *clients, Ops: len(latencies),
-		OpsPerS: float64(int(float64(len(latencies))/elapsed*10)) / 10, P50us: pct(0.5), P99us: pct(0.99),
+		OpsPerS: float64(int(float64(len(latencies))/elapsed*10)) / 10,
+		P50us:   percentile(latencies, 0.5), P99us: percentile(latencies, 0.99),
 		Violations: violations,
-	})
+	}
+	if len(handoffs) > 0 {
+		p50, p99 := percentile(handoffs, 0.5), percentile(handoffs, 0.99)
+		r.HandoffP50us, r.HandoffP99us = &p50, &p99
+	}
+	out, _ := json.Marshal(r)
 	fmt.Println(string(out))
 }
