@@ -121,7 +121,8 @@ impl Clone for LostSignal {
 
 impl Drop for LostSignal {
     fn drop(&mut self) {
-        if self.0.signals.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // With no watch left (the guard is gone too) nobody could see the mark: skip it.
+        if self.0.signals.fetch_sub(1, Ordering::AcqRel) == 1 && Arc::strong_count(&self.0) > 1 {
             self.0.mark(LossReason::Unknown);
         }
     }

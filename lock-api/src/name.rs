@@ -25,7 +25,11 @@ pub fn validate_name(name: &str) -> Result<(), LockError> {
         "must not be empty"
     } else if name.len() > MAX_NAME_LEN {
         "must be at most 1024 bytes"
-    } else if name.chars().any(char::is_control) {
+    } else if !name.bytes().all(|b| (0x20..0x7f).contains(&b))
+        // Printable ASCII, the usual case, passes without decoding; anything else is checked
+        // character by character (C1 controls such as U+0085 are controls too).
+        && name.chars().any(char::is_control)
+    {
         "must not contain control characters"
     } else {
         return Ok(());
@@ -50,6 +54,7 @@ mod tests {
             ("a\0b", "must not contain control characters"),
             ("line\n", "must not contain control characters"),
             ("\u{7f}", "must not contain control characters"),
+            ("ü\u{85}", "must not contain control characters"),
         ] {
             match validate_name(bad) {
                 Err(LockError::InvalidName { rule: r, .. }) => assert_eq!(r, rule, "{bad:?}"),

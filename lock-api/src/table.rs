@@ -258,7 +258,7 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         if queue.holder.take_if(|h| h.ticket == ticket).is_none() {
             return false;
         }
-        if queue.hand_over(last_token, idle) {
+        if queue.hand_over(last_token, idle) && state.idle.len() > IDLE_KEPT {
             state.trim_idle();
         }
         true
@@ -297,6 +297,7 @@ impl<T> TableState<T> {
         if names
             .get_mut(name)
             .is_some_and(|queue| queue.hand_over(last_token, idle))
+            && idle.len() > IDLE_KEPT
         {
             self.trim_idle();
         }
