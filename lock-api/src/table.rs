@@ -42,12 +42,6 @@ struct NameQueue<T> {
     listed_idle: bool,
 }
 
-impl<T> NameQueue<T> {
-    fn is_idle(&self) -> bool {
-        self.holder.is_none() && self.waiters.is_empty()
-    }
-}
-
 /// How many names nobody holds or waits for the table keeps, so that a lock taken over and
 /// over in a loop does not allocate and free its queue each time.
 const IDLE_KEPT: usize = 64;
@@ -61,17 +55,6 @@ struct Waiter<T> {
     ticket: u64,
     tag: T,
     wake: oneshot::Sender<Result<(Arc<str>, FencingToken), LockError>>,
-}
-
-impl<T> NameQueue<T> {
-    fn new(name: &str) -> Self {
-        NameQueue {
-            name: Arc::from(name),
-            holder: None,
-            waiters: VecDeque::new(),
-            listed_idle: false,
-        }
-    }
 }
 
 impl<T: Clone + Send + 'static> LockTable<T> {
@@ -245,37 +228,21 @@ impl<T: Clone + Send + 'static> LockTable<T> {
 
     /// Releases `ticket` if it still holds `name`; true when it did.
     fn release(&self, name: &str, ticket: u64) -> bool {
-        let mut state = self.state.lock();
-        let TableState {
-            names,
-            idle,
-            last_token,
-            ..
-        } = &mut *state;
-        let Some(queue) = names.get_mut(name) else {
-            return false;
-        };
-        if queue.holder.take_if(|h| h.ticket == ticket).is_none() {
-            return false;
-        }
-        if queue.hand_over(last_token, idle) && state.idle.len() > IDLE_KEPT {
-            state.trim_idle();
-        }
-        true
+        self.state.lock().change(name, |queue| {
+            queue.holder.take_if(|h| h.ticket == ticket).is_some()
+        })
     }
 
     /// Undoes an abandoned `acquire`: leaves the queue, or releases what was handed over.
     fn withdraw(&self, name: &str, ticket: u64) {
-        let mut state = self.state.lock();
-        let Some(queue) = state.names.get_mut(name) else {
-            return;
-        };
-        let before = queue.waiters.len();
-        queue.waiters.retain(|w| w.ticket != ticket);
-        if queue.waiters.len() == before {
-            queue.holder.take_if(|h| h.ticket == ticket);
-        }
-        state.hand_over(name);
+        self.state.lock().change(name, |queue| {
+            let before = queue.waiters.len();
+            queue.waiters.retain(|w| w.ticket != ticket);
+            if queue.waiters.len() == before {
+                queue.holder.take_if(|h| h.ticket == ticket);
+            }
+            true
+        });
     }
 }
 
@@ -288,19 +255,29 @@ impl<T> TableState<T> {
     /// If `name` is free, gives it to the first waiter still listening, or lists the name
     /// as idle when nobody waits.
     fn hand_over(&mut self, name: &str) {
+        self.change(name, |_| true);
+    }
+
+    /// Applies `change` to the queue of `name` (one lookup) and, if it reports a change, passes
+    /// the lock on as [`hand_over`](Self::hand_over) does. Returns what `change` returned;
+    /// false for a name nobody uses.
+    fn change(&mut self, name: &str, change: impl FnOnce(&mut NameQueue<T>) -> bool) -> bool {
         let TableState {
             names,
             idle,
             last_token,
             ..
         } = self;
-        if names
-            .get_mut(name)
-            .is_some_and(|queue| queue.hand_over(last_token, idle))
-            && idle.len() > IDLE_KEPT
-        {
+        let Some(queue) = names.get_mut(name) else {
+            return false;
+        };
+        if !change(queue) {
+            return false;
+        }
+        if queue.hand_over(last_token, idle) && idle.len() > IDLE_KEPT {
             self.trim_idle();
         }
+        true
     }
 
     /// Forgets the oldest idle names beyond [`IDLE_KEPT`], so names nobody uses cost at most
@@ -321,6 +298,19 @@ impl<T> TableState<T> {
 }
 
 impl<T> NameQueue<T> {
+    fn new(name: &str) -> Self {
+        NameQueue {
+            name: Arc::from(name),
+            holder: None,
+            waiters: VecDeque::new(),
+            listed_idle: false,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.holder.is_none() && self.waiters.is_empty()
+    }
+
     /// If free, gives the lock to the first waiter still listening; true when it stays free
     /// (the name is then listed in `idle`).
     fn hand_over(&mut self, last_token: &mut u64, idle: &mut VecDeque<Arc<str>>) -> bool {
@@ -573,14 +563,12 @@ mod tests {
             drop(ticket);
             assert_eq!(table.active_names(), 0);
         }
-        let state = table.state.lock();
-        assert!(
-            state.names.len() <= IDLE_KEPT,
-            "{} names kept",
-            state.names.len()
-        );
-        assert!(state.idle.len() <= IDLE_KEPT);
-        drop(state);
+        let (kept, listed) = {
+            let state = table.state.lock();
+            (state.names.len(), state.idle.len())
+        };
+        assert!(kept <= IDLE_KEPT, "{kept} names kept");
+        assert!(listed <= IDLE_KEPT);
         // A kept idle name works like a new one, with a fresh, greater token.
         let again = table.acquire("n999", 0).await.unwrap();
         assert!(again.token().get() > 1_000);
