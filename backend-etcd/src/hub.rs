@@ -230,7 +230,7 @@ impl Task {
         };
         if reply.canceled() || reply.compact_revision() > 0 {
             self.by_watch_id.remove(&watch_id);
-            self.end_watch(id, watch_id).await;
+            self.end_watch(id, watch_id);
         } else if reply
             .events()
             .iter()
@@ -281,7 +281,7 @@ impl Task {
 
     /// One of watcher `id`'s watches ended without a delete: the subscriber reads again once
     /// none is left.
-    async fn end_watch(&mut self, id: u64, watch_id: i64) {
+    fn end_watch(&mut self, id: u64, watch_id: i64) {
         let Some(watcher) = self.watchers.get_mut(&id) else {
             return;
         };
