@@ -82,16 +82,10 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         let (ticket, wake) = {
             let mut state = self.state.lock();
             let ticket = state.new_ticket();
-            let TableState {
-                names, last_token, ..
-            } = &mut *state;
-            let queue = names
-                .entry_ref(name)
-                .or_insert_with(|| NameQueue::new(name));
+            let (queue, last_token) = state.queue(name);
             if queue.is_idle() {
-                queue.holder = Some(Holder { ticket, tag });
-                let shared = Arc::clone(&queue.name);
-                return Ok(self.ticket(shared, ticket, next_token(last_token)));
+                let (shared, token) = queue.take(ticket, tag, last_token);
+                return Ok(self.ticket(shared, ticket, token));
             }
             let (tx, rx) = oneshot::channel();
             queue.waiters.push_back(Waiter {
@@ -123,23 +117,13 @@ impl<T: Clone + Send + 'static> LockTable<T> {
     /// Takes `name` only if nobody holds it and nobody waits for it.
     pub fn try_acquire(self: &Arc<Self>, name: &str, tag: T) -> Option<Ticket<T>> {
         let mut state = self.state.lock();
-        if state
-            .names
-            .get(name)
-            .is_some_and(|q| q.holder.is_some() || !q.waiters.is_empty())
-        {
+        let ticket = state.new_ticket();
+        let (queue, last_token) = state.queue(name);
+        if !queue.is_idle() {
             return None;
         }
-        let ticket = state.new_ticket();
-        let TableState {
-            names, last_token, ..
-        } = &mut *state;
-        let queue = names
-            .entry_ref(name)
-            .or_insert_with(|| NameQueue::new(name));
-        queue.holder = Some(Holder { ticket, tag });
-        let shared = Arc::clone(&queue.name);
-        Some(self.ticket(shared, ticket, next_token(last_token)))
+        let (shared, token) = queue.take(ticket, tag, last_token);
+        Some(self.ticket(shared, ticket, token))
     }
 
     /// Removes every holder and waiter whose tag matches, as a session ending does.
@@ -247,6 +231,16 @@ impl<T: Clone + Send + 'static> LockTable<T> {
 }
 
 impl<T> TableState<T> {
+    /// The queue of `name` (created empty if nobody uses it) and the token counter, so that
+    /// the queue can be handed a new holder.
+    fn queue(&mut self, name: &str) -> (&mut NameQueue<T>, &mut u64) {
+        let queue = self
+            .names
+            .entry_ref(name)
+            .or_insert_with(|| NameQueue::new(name));
+        (queue, &mut self.last_token)
+    }
+
     fn new_ticket(&mut self) -> u64 {
         self.next_ticket += 1;
         self.next_ticket
@@ -309,6 +303,12 @@ impl<T> NameQueue<T> {
 
     fn is_idle(&self) -> bool {
         self.holder.is_none() && self.waiters.is_empty()
+    }
+
+    /// Makes `ticket` the holder; returns the shared name and the hold's fencing token.
+    fn take(&mut self, ticket: u64, tag: T, last_token: &mut u64) -> (Arc<str>, FencingToken) {
+        self.holder = Some(Holder { ticket, tag });
+        (Arc::clone(&self.name), next_token(last_token))
     }
 
     /// If free, gives the lock to the first waiter still listening; true when it stays free
