@@ -130,6 +130,8 @@ fn v3_error(err: locksmith::etcd_client::Error) -> LockError {
 struct OverlapCheck {
     inside: AtomicUsize,
     violations: AtomicUsize,
+    /// Whether to time handoffs (contended mode only; elsewhere nobody waits).
+    time_handoffs: bool,
     /// When the last holder left (and went on to unlock), and the handoffs seen so far.
     handoffs: std::sync::Mutex<(Option<Instant>, Vec<Duration>)>,
 }
@@ -142,6 +144,9 @@ impl OverlapCheck {
         }
         std::hint::spin_loop();
         self.inside.fetch_sub(1, Ordering::SeqCst);
+        if !self.time_handoffs {
+            return;
+        }
         let mut handoffs = self.handoffs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(left) = handoffs.0 {
             let gap = entered.saturating_duration_since(left);
@@ -162,8 +167,14 @@ async fn run_locks(args: &Args) -> Result<LockRun, LockError> {
     };
     let run = format!("bench/{}", std::process::id());
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
-    let checks: Arc<Vec<OverlapCheck>> =
-        Arc::new((0..clients).map(|_| OverlapCheck::default()).collect());
+    let checks: Arc<Vec<OverlapCheck>> = Arc::new(
+        (0..clients)
+            .map(|_| OverlapCheck {
+                time_handoffs: args.mode == Mode::Contended,
+                ..OverlapCheck::default()
+            })
+            .collect(),
+    );
     let mut tasks = Vec::new();
     for id in 0..clients {
         let locker = Locker::connect(args.implementation, &args.endpoints).await?;
@@ -193,14 +204,12 @@ async fn run_locks(args: &Args) -> Result<LockRun, LockError> {
         .iter()
         .map(|c| c.violations.load(Ordering::SeqCst))
         .sum();
-    let handoffs = if args.mode == Mode::Contended {
+    let handoffs = {
         let mut handoffs = checks[0]
             .handoffs
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         std::mem::take(&mut handoffs.1)
-    } else {
-        Vec::new()
     };
     Ok((latencies, violations, handoffs))
 }
