@@ -44,11 +44,13 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     dir: PathBuf,
+    /// Flags added to every start (`--auth-token-ttl 2`, …).
+    extra_args: Vec<String>,
     process: Option<Child>,
 }
 
 impl Member {
-    fn new(root: &Path, index: usize) -> Result<Self, HarnessError> {
+    fn new(root: &Path, index: usize, extra_args: &[&str]) -> Result<Self, HarnessError> {
         let name = format!("m{index}");
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -57,6 +59,7 @@ impl Member {
             client_port: free_port()?,
             peer_port: free_port()?,
             dir,
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
             process: None,
         })
     }
@@ -89,6 +92,7 @@ impl Member {
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -197,10 +201,14 @@ fn wait_ready(members: &mut [Member]) -> Result<Startup, HarnessError> {
 const START_ATTEMPTS: usize = 5;
 
 /// Starts `size` fresh members under `root` until they all answer.
-fn start_members(root: &Path, size: usize) -> Result<(Vec<Member>, String, String), HarnessError> {
+fn start_members(
+    root: &Path,
+    size: usize,
+    extra_args: &[&str],
+) -> Result<(Vec<Member>, String, String), HarnessError> {
     for attempt in 0..START_ATTEMPTS {
         let mut members = (0..size)
-            .map(|i| Member::new(&root.join(format!("attempt{attempt}")), i))
+            .map(|i| Member::new(&root.join(format!("attempt{attempt}")), i, extra_args))
             .collect::<Result<Vec<_>, _>>()?;
         let initial_cluster = members
             .iter()
@@ -235,10 +243,18 @@ impl EtcdServer {
     /// # Errors
     /// When `etcd` is not installed (with the install command), or does not come up.
     pub fn start() -> Result<EtcdServer, HarnessError> {
+        EtcdServer::start_with(&[])
+    }
+
+    /// Starts etcd with extra flags, such as `["--auth-token-ttl", "2"]`.
+    ///
+    /// # Errors
+    /// As [`start`](EtcdServer::start).
+    pub fn start_with(extra_args: &[&str]) -> Result<EtcdServer, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("locksmith-etcd-")
             .tempdir()?;
-        let (mut members, _, _) = start_members(dir.path(), 1)?;
+        let (mut members, _, _) = start_members(dir.path(), 1, extra_args)?;
         let member = members.pop().ok_or("no member started")?;
         Ok(EtcdServer { member, _dir: dir })
     }
@@ -312,10 +328,18 @@ impl EtcdCluster {
     /// # Errors
     /// When `etcd` is not installed, or the cluster does not come up.
     pub fn start(size: usize) -> Result<EtcdCluster, HarnessError> {
+        EtcdCluster::start_with(size, &[])
+    }
+
+    /// Starts `size` members, each with extra flags (such as `["--auth-token-ttl", "2"]`).
+    ///
+    /// # Errors
+    /// As [`start`](EtcdCluster::start).
+    pub fn start_with(size: usize, extra_args: &[&str]) -> Result<EtcdCluster, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("locksmith-etcd-cluster-")
             .tempdir()?;
-        let (members, initial_cluster, token) = start_members(dir.path(), size)?;
+        let (members, initial_cluster, token) = start_members(dir.path(), size, extra_args)?;
         Ok(EtcdCluster {
             members,
             initial_cluster,
@@ -408,4 +432,27 @@ impl Drop for EtcdCluster {
             member.kill();
         }
     }
+}
+
+/// Turns on etcd authentication: adds `user` with `password`, grants it the `root` role
+/// (which etcd requires to exist before auth can be enabled), and enables auth. Connect with
+/// `EtcdConfig { user, password, .. }` afterwards.
+///
+/// # Errors
+/// When etcd refuses or cannot be reached.
+pub async fn enable_auth(
+    endpoints: &[String],
+    user: &str,
+    password: &str,
+) -> Result<(), HarnessError> {
+    let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+    let mut admin = etcd_client::Client::connect(urls, None).await?;
+    if user != "root" {
+        admin.user_add("root", password, None).await?;
+        admin.user_grant_role("root", "root").await?;
+    }
+    admin.user_add(user, password, None).await?;
+    admin.user_grant_role(user, "root").await?;
+    admin.auth_enable().await?;
+    Ok(())
 }
