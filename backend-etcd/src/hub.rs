@@ -34,7 +34,7 @@ pub(crate) enum Notice {
 enum Command {
     Watch {
         id: u64,
-        key: String,
+        key: Vec<u8>,
         from: i64,
         notices: mpsc::UnboundedSender<Notice>,
     },
@@ -69,7 +69,7 @@ impl WatchHub {
     }
 
     /// Watches `key` for a delete at or after revision `from`.
-    pub(crate) fn watch(&self, key: &str, from: i64) -> Subscription {
+    pub(crate) fn watch(&self, key: &[u8], from: i64) -> Subscription {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -104,7 +104,7 @@ impl Drop for Subscription {
 
 /// A subscriber as the task knows it.
 struct Watcher {
-    key: String,
+    key: Vec<u8>,
     from: i64,
     notices: mpsc::UnboundedSender<Notice>,
     /// The server's ids of this subscriber's watches, once created.

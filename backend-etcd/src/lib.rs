@@ -39,6 +39,7 @@ mod config;
 mod error;
 mod hub;
 mod mutex;
+mod retry;
 mod session;
 mod watch;
 

@@ -4,8 +4,7 @@
 //! the owner is the direct child of `{namespace}{name}/` with the lowest create revision. A
 //! waiter watches the next-older key for its delete and goes on until none is left.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +18,10 @@ use locksmith_api::{
     Ticket,
 };
 use tokio::runtime::Handle;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::error::{from_etcd, is_lease_gone, is_unavailable};
+use crate::error::from_etcd;
+use crate::retry::{self, Backoff, Cleaned, ErrorKind};
 use crate::session::{Link, Session};
 use crate::watch::{self, Watched};
 
@@ -29,8 +29,6 @@ use crate::watch::{self, Watched};
 const PAGE: i64 = 64;
 /// How long a hold lives before its key is watched for deletes (see `watch_hold`).
 const HOLD_WATCH_DELAY: Duration = Duration::from_millis(50);
-/// Longest pause between retries of an unavailable etcd.
-const MAX_RETRY: Duration = Duration::from_secs(1);
 
 /// Where this session's key for one lock name lives.
 struct LockKeys {
@@ -69,7 +67,7 @@ pub(crate) async fn lock(session: &Arc<Session>, name: &str) -> Result<LockGuard
     let acquired = tokio::select! {
         biased;
         err = session.ended() => Err(err),
-        acquired = enqueue_and_wait(session, &keys, &pending) => acquired,
+        acquired = enqueue_and_wait(session, &keys, name, &pending) => acquired,
     }?;
     Ok(pending.into_guard(session, name, acquired))
 }
@@ -93,7 +91,8 @@ pub(crate) async fn try_lock(
             Ahead::Nobody { own: Some(own), .. } if own == queued.revision
         );
     if !owner {
-        // Withdraw before answering, so a failed try_lock leaves nothing behind.
+        // Withdraw before answering, so a failed try_lock leaves nothing behind. The
+        // withdrawal runs in a task of its own: dropping this future does not stop it.
         pending.withdraw().await?;
         return Ok(None);
     }
@@ -101,6 +100,7 @@ pub(crate) async fn try_lock(
 }
 
 /// What the enqueue transaction found.
+#[derive(Debug, Clone, Copy)]
 struct Queued {
     /// The create revision of our key: our place in the queue and the fencing token.
     revision: i64,
@@ -110,107 +110,164 @@ struct Queued {
     owner: bool,
 }
 
-/// One round trip: create our key if absent, and read the oldest key under the prefix.
+/// Puts our key, fresh, and reads the oldest key under the prefix: one round trip unless a key
+/// of ours was already there.
+///
+/// The attempts run in a task of their own that holds the pending key's gate and records our
+/// revision there: if this future is dropped mid-flight, the withdrawal waits for the gate and
+/// so never races a put that commits after it (the "reply lost" case). The task stops at its
+/// next attempt once nobody waits for it.
 async fn enqueue(
     session: &Session,
     keys: &LockKeys,
     pending: &PendingKey,
 ) -> Result<Queued, LockError> {
+    let link = session.link();
+    let own = keys.own.clone();
+    let prefix = keys.prefix.clone();
+    let nonce = pending.nonce.clone();
+    let revision = Arc::clone(&pending.revision);
+    let gate = Arc::clone(&pending.gate);
+    let abandoned = Arc::clone(&pending.abandoned);
+    let flight = session.runtime.spawn(async move {
+        let _in_flight = gate.lock_owned().await;
+        let mut stale = 0;
+        loop {
+            if abandoned.load(Ordering::SeqCst) {
+                return Err(LockError::LockLost {
+                    name: prefix.trim_end_matches('/').to_owned(),
+                    reason: LossReason::Unknown,
+                });
+            }
+            let txn = queue_txn(&link, &own, &prefix, &nonce, stale);
+            let reply = retry::retry(&link, "queue for the lock", |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?;
+            match read_queue_reply(&reply, &own, &nonce)? {
+                QueueReply::Queued(queued) => {
+                    revision.store(queued.revision, Ordering::SeqCst);
+                    return Ok(queued);
+                }
+                // Our key is there but this attempt did not create it: a hold or withdrawal
+                // whose delete may still be in flight. Never adopt it: delete it (guarded by
+                // its revision) and queue afresh, so the token is new and no stale delete can
+                // remove the new hold.
+                QueueReply::Stale(found) => stale = found,
+                QueueReply::Gone => stale = 0,
+            }
+        }
+    });
+    match flight.await {
+        Ok(queued) => queued,
+        Err(err) => Err(LockError::Backend {
+            backend: "etcd",
+            operation: "queue for the lock".to_owned(),
+            source: Box::new(err),
+        }),
+    }
+}
+
+/// The queue transaction. With `stale == 0`: if our key is absent, put it with this attempt's
+/// `nonce` and read the oldest key; else read our key and the oldest. With `stale > 0`: delete
+/// our key if it still has that create revision, and read it back.
+fn queue_txn(link: &Link, own: &str, prefix: &str, nonce: &str, stale: i64) -> Txn {
+    if stale > 0 {
+        return Txn::new()
+            .when([Compare::create_revision(own, CompareOp::Equal, stale)])
+            .and_then([TxnOp::delete(own, None)])
+            .or_else([TxnOp::get(own, None)]);
+    }
     let oldest = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1)
         .with_keys_only();
-    let txn = Txn::new()
-        .when([Compare::create_revision(
-            keys.own.as_str(),
-            CompareOp::Equal,
-            0,
-        )])
+    Txn::new()
+        .when([Compare::create_revision(own, CompareOp::Equal, 0)])
         .and_then([
             TxnOp::put(
-                keys.own.as_str(),
-                "",
-                Some(PutOptions::new().with_lease(session.lease_id)),
+                own,
+                nonce,
+                Some(PutOptions::new().with_lease(link.lease_id)),
             ),
-            TxnOp::get(keys.prefix.as_str(), Some(oldest.clone())),
+            TxnOp::get(prefix, Some(oldest.clone())),
         ])
-        .or_else([
-            TxnOp::get(keys.own.as_str(), None),
-            TxnOp::get(keys.prefix.as_str(), Some(oldest)),
-        ]);
-    // The transaction runs in a task of its own, holding the key's gate, and records our
-    // revision there: if this future is dropped mid-flight, the withdrawal waits for the gate
-    // and so never races a put that commits after it (the "reply lost" case).
-    let reply: TxnResponse = retry(session, "queue for the lock", |mut client| {
-        let txn = txn.clone();
-        let gate = pending.gate.clone().try_lock_owned().ok();
-        let revision = Arc::clone(&pending.revision);
-        let flight = session.runtime.spawn(async move {
-            let reply = client.txn(txn).await;
-            if let Ok(reply) = &reply {
-                revision.store(queue_revision(reply), Ordering::SeqCst);
-            }
-            drop(gate);
-            reply
-        });
-        async move {
-            flight
-                .await
-                .unwrap_or_else(|err| Err(etcd_client::Error::IoError(std::io::Error::other(err))))
-        }
-    })
-    .await?;
+        .or_else([TxnOp::get(own, None), TxnOp::get(prefix, Some(oldest))])
+}
+
+/// What one queue transaction found.
+enum QueueReply {
+    /// Our key, created by this attempt (now or by an earlier try whose reply was lost).
+    Queued(Queued),
+    /// A key of ours not created by this attempt, with its create revision.
+    Stale(i64),
+    /// Our key is not there (a stale key was just deleted, or vanished).
+    Gone,
+}
+
+fn read_queue_reply(reply: &TxnResponse, own: &str, nonce: &str) -> Result<QueueReply, LockError> {
     let header = reply.header().map_or(0, |h| h.revision());
-    let revision = queue_revision(&reply);
-    if revision == 0 {
-        return Err(malformed("the queue transaction"));
-    }
     let replies = reply.op_responses();
+    let found = match replies.first() {
+        // The put of a fresh key: its create revision is the transaction's.
+        Some(TxnOpResponse::Put(_)) => None,
+        Some(TxnOpResponse::Get(own)) => match own.kvs().first() {
+            None => return Ok(QueueReply::Gone),
+            Some(kv) if kv.value() != nonce.as_bytes() => {
+                return Ok(QueueReply::Stale(kv.create_revision()))
+            }
+            Some(kv) => Some(kv.create_revision()),
+        },
+        // The guarded delete of a stale key went through.
+        Some(TxnOpResponse::Delete(_)) => return Ok(QueueReply::Gone),
+        _ => return Err(malformed("the queue transaction")),
+    };
+    let revision = found.unwrap_or(header);
     let owner = match replies.get(1) {
         Some(TxnOpResponse::Get(oldest)) => oldest
             .kvs()
             .first()
-            .is_some_and(|kv| kv.key() == keys.own.as_bytes()),
+            .is_some_and(|kv| kv.key() == own.as_bytes()),
         _ => return Err(malformed("the queue transaction")),
     };
-    Ok(Queued {
+    if revision <= 0 {
+        return Err(malformed("the queue transaction"));
+    }
+    Ok(QueueReply::Queued(Queued {
         revision,
         header,
         owner,
-    })
-}
-
-/// Our create revision from the queue transaction's reply (0 if the reply makes no sense).
-fn queue_revision(reply: &TxnResponse) -> i64 {
-    if reply.succeeded() {
-        return reply.header().map_or(0, |h| h.revision());
-    }
-    // Our key was already there (a retried put whose first reply was lost).
-    match reply.op_responses().first() {
-        Some(TxnOpResponse::Get(own)) => own.kvs().first().map_or(0, |kv| kv.create_revision()),
-        _ => 0,
-    }
+    }))
 }
 
 /// Enqueues, then waits for every older key of this lock to go.
 async fn enqueue_and_wait(
     session: &Session,
     keys: &LockKeys,
+    name: &str,
     pending: &PendingKey,
 ) -> Result<Queued, LockError> {
     let queued = enqueue(session, keys, pending).await?;
     if queued.owner {
         return Ok(queued);
     }
+    // A watch that ends without a delete (a broken or refused stream, compaction) is followed
+    // by a read; back off between such rounds so that a failing stream is not a busy loop.
+    let mut backoff = Backoff::default();
     loop {
         match ahead(session, keys, queued.revision).await? {
             Ahead::Waiter { key, revision } => match watch::gone(session, &key, revision).await {
-                Ok(Watched::Deleted | Watched::Reread) => {}
-                Err(err) if is_unavailable(&err) => {
-                    backoff(session, Duration::from_millis(50)).await?
-                }
-                Err(err) => return Err(from_etcd(err, &session.endpoints, "watch the lock queue")),
+                Ok(Watched::Deleted) => backoff.reset(),
+                Ok(Watched::Reread) => backoff.wait(session).await?,
+                Err(err) => match retry::classify(&err) {
+                    ErrorKind::Transient => backoff.wait(session).await?,
+                    ErrorKind::LeaseGone => return Err(session.lease_gone()),
+                    ErrorKind::Permanent => {
+                        return Err(from_etcd(err, &session.endpoints, "watch the lock queue"))
+                    }
+                },
             },
             // The session may have expired while we waited (etcd issue 9921): only our own
             // key, still there with our revision, proves ownership.
@@ -224,7 +281,7 @@ async fn enqueue_and_wait(
             Ahead::Nobody { .. } => {
                 session.check_alive()?;
                 return Err(LockError::LockLost {
-                    name: keys.own.clone(),
+                    name: name.to_owned(),
                     reason: LossReason::Deleted,
                 });
             }
@@ -234,8 +291,8 @@ async fn enqueue_and_wait(
 
 /// Who is ahead of us in the queue.
 enum Ahead {
-    /// The newest direct-child key older than ours.
-    Waiter { key: String, revision: i64 },
+    /// The newest direct-child key older than ours (as etcd stores it: keys are bytes).
+    Waiter { key: Vec<u8>, revision: i64 },
     /// Nobody: our own key's create revision (if it still exists), read in the same
     /// transaction at store revision `header`.
     Nobody { own: Option<i64>, header: i64 },
@@ -256,7 +313,7 @@ async fn ahead(session: &Session, keys: &LockKeys, revision: i64) -> Result<Ahea
             TxnOp::get(keys.prefix.as_str(), Some(older)),
             TxnOp::get(keys.own.as_str(), Some(GetOptions::new().with_keys_only())),
         ]);
-        let reply = retry(session, "read the lock queue", |mut client| {
+        let reply = retry::retry(session, "read the lock queue", |mut client| {
             let txn = txn.clone();
             async move { client.txn(txn).await }
         })
@@ -268,7 +325,7 @@ async fn ahead(session: &Session, keys: &LockKeys, revision: i64) -> Result<Ahea
         };
         if let Some(kv) = page.kvs().iter().find(|kv| keys.is_direct_child(kv.key())) {
             return Ok(Ahead::Waiter {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                key: kv.key().to_vec(),
                 revision: kv.create_revision(),
             });
         }
@@ -279,36 +336,6 @@ async fn ahead(session: &Session, keys: &LockKeys, revision: i64) -> Result<Ahea
                 return Ok(Ahead::Nobody { own, header });
             }
         }
-    }
-}
-
-/// Runs an etcd call, retrying while etcd is unavailable and the session lives.
-async fn retry<T, F, Fut>(session: &Link, operation: &str, mut call: F) -> Result<T, LockError>
-where
-    F: FnMut(Client) -> Fut,
-    Fut: Future<Output = Result<T, etcd_client::Error>>,
-{
-    let mut delay = Duration::from_millis(20);
-    loop {
-        match call(session.client.clone()).await {
-            Ok(value) => return Ok(value),
-            Err(err) if is_lease_gone(&err) => return Err(session.lease_gone()),
-            Err(err) if is_unavailable(&err) => {
-                tracing::debug!(%err, operation, "etcd unavailable; retrying");
-                backoff(session, delay).await?;
-                delay = (delay * 2).min(MAX_RETRY);
-            }
-            Err(err) => return Err(from_etcd(err, &session.endpoints, operation)),
-        }
-    }
-}
-
-/// Sleeps `delay`, or fails at once if the session ends meanwhile.
-async fn backoff(session: &Link, delay: Duration) -> Result<(), LockError> {
-    tokio::select! {
-        biased;
-        err = session.ended() => Err(err),
-        () = tokio::time::sleep(delay) => Ok(()),
     }
 }
 
@@ -323,19 +350,29 @@ fn malformed(what: &str) -> LockError {
 /// Deletes `key` only if it still has `revision` (0: whatever it has), so a stale release
 /// never deletes a newer hold (etcd issue 22082). True when it deleted.
 async fn delete_if_owned(
-    client: &Client,
-    key: &str,
+    mut client: Client,
+    key: String,
     revision: i64,
 ) -> Result<bool, etcd_client::Error> {
-    let mut client = client.clone();
     let txn = if revision > 0 {
         Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, revision)])
-            .and_then([TxnOp::delete(key, None)])
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)])
     } else {
-        Txn::new().and_then([TxnOp::delete(key, None)])
+        Txn::new().and_then([TxnOp::delete(key.as_str(), None)])
     };
     Ok(client.txn(txn).await?.succeeded())
+}
+
+/// A unique value for each queue attempt of this process: a key of ours whose value is not
+/// the attempt's own was not created by it.
+fn new_nonce() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("locksmith-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Our key while we queue: if the `lock` future is dropped, or fails, the key is withdrawn
@@ -344,13 +381,18 @@ async fn delete_if_owned(
 /// task of this session off the name). The local ticket is released only after that.
 struct PendingKey {
     key: String,
+    /// The value this attempt puts, telling its own key from a stale one.
+    nonce: String,
     revision: Arc<AtomicI64>,
-    /// Held by the queue transaction while it is in flight.
+    /// Held by the queue task while it runs.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// Set when nobody waits for the queue task any more.
+    abandoned: Arc<AtomicBool>,
     cleanup: Option<Cleanup>,
 }
 
-/// What it takes to withdraw a key in the background.
+/// What it takes to give a key up in the background: the session, and the local ticket that
+/// keeps this session's other tasks off the name until etcd has answered.
 struct Cleanup {
     link: Arc<Link>,
     runtime: Handle,
@@ -358,10 +400,17 @@ struct Cleanup {
 }
 
 impl Cleanup {
-    /// Once no queue transaction is in flight (`gate`), deletes `key` if it still has
-    /// `revision` (0: whatever it has), retrying while etcd is unavailable; then lets the next
-    /// local task on the name go.
-    fn spawn(self, key: String, revision: Arc<AtomicI64>, gate: Arc<tokio::sync::Mutex<()>>) {
+    /// Spawns the deletion of `key` if it still has `revision` (0: whatever it has), once no
+    /// queue task is in flight (`gate`). The task goes on whatever happens to the caller: it
+    /// retries until etcd answers or the session ends (see [`retry::cleanup`]), and only then
+    /// lets the next local task on the name go.
+    fn spawn(
+        self,
+        operation: &'static str,
+        key: String,
+        revision: Arc<AtomicI64>,
+        gate: Arc<tokio::sync::Mutex<()>>,
+    ) -> JoinHandle<Cleaned<bool>> {
         let Cleanup {
             link,
             runtime,
@@ -370,15 +419,13 @@ impl Cleanup {
         runtime.spawn(async move {
             let _in_flight_done = gate.lock_owned().await;
             let revision = revision.load(Ordering::SeqCst);
-            // Retries while etcd is unavailable and the session lives; an ended session's
-            // keys went with its lease.
-            let _ = retry(&link, "withdraw from the lock queue", |client| {
-                let key = key.clone();
-                async move { delete_if_owned(&client, &key, revision).await }
+            let cleaned = retry::cleanup(&link, operation, |client| {
+                delete_if_owned(client, key.clone(), revision)
             })
             .await;
             drop(ticket);
-        });
+            cleaned
+        })
     }
 }
 
@@ -386,8 +433,10 @@ impl PendingKey {
     fn new(session: &Session, key: &str, ticket: Ticket<()>) -> Self {
         PendingKey {
             key: key.to_owned(),
+            nonce: new_nonce(),
             revision: Arc::new(AtomicI64::new(0)),
             gate: Arc::new(tokio::sync::Mutex::new(())),
+            abandoned: Arc::new(AtomicBool::new(false)),
             cleanup: Some(Cleanup {
                 link: session.link(),
                 runtime: session.runtime.clone(),
@@ -396,37 +445,38 @@ impl PendingKey {
         }
     }
 
-    /// Withdraws the key now and waits for it (the queue transaction has completed).
+    /// Starts the withdrawal of the key, in the background.
+    fn spawn_withdrawal(&mut self) -> Option<JoinHandle<Cleaned<bool>>> {
+        self.abandoned.store(true, Ordering::SeqCst);
+        let cleanup = self.cleanup.take()?;
+        Some(cleanup.spawn(
+            "withdraw from the lock queue",
+            self.key.clone(),
+            Arc::clone(&self.revision),
+            Arc::clone(&self.gate),
+        ))
+    }
+
+    /// Withdraws the key and waits until etcd has answered (or the session ended, taking the
+    /// key with it). If this future is dropped, the withdrawal goes on.
     async fn withdraw(mut self) -> Result<(), LockError> {
-        let revision = self.revision.load(Ordering::SeqCst);
-        let Some(cleanup) = self.cleanup.take() else {
-            return Ok(());
-        };
-        let key = self.key.clone();
-        let withdrawn = retry(&cleanup.link, "withdraw from the lock queue", |client| {
-            let key = key.clone();
-            async move { delete_if_owned(&client, &key, revision).await }
-        })
-        .await;
-        drop(cleanup);
-        withdrawn.map(drop)
+        if let Some(withdrawal) = self.spawn_withdrawal() {
+            let _ = withdrawal.await;
+        }
+        Ok(())
     }
 
     /// Turns the queued key into a held lock.
     fn into_guard(mut self, session: &Session, name: &str, acquired: Queued) -> LockGuard {
-        let Some(Cleanup {
-            link,
-            runtime,
-            ticket,
-        }) = self.cleanup.take()
-        else {
-            // Only `withdraw`, `into_guard` and `drop` take the cleanup, and each consumes
-            // `self`: a pending key reaching here still has it.
+        let Some(cleanup) = self.cleanup.take() else {
+            // Only `spawn_withdrawal` and `into_guard` take the cleanup, and each is reached at
+            // most once per pending key: a pending key reaching here still has it.
             unreachable!("a pending key is consumed once")
         };
+        let link = Arc::clone(&cleanup.link);
         let (lost, lost_watch) = LostSignal::new();
-        let watcher = runtime.spawn(watch_hold(
-            Arc::clone(&link),
+        let watcher = cleanup.runtime.spawn(watch_hold(
+            link,
             self.key.clone(),
             acquired.revision,
             acquired.header + 1,
@@ -439,11 +489,7 @@ impl PendingKey {
             revision: acquired.revision,
             lost,
             watcher: watcher.abort_handle(),
-            cleanup: Some(Cleanup {
-                link,
-                runtime,
-                ticket,
-            }),
+            cleanup: Some(cleanup),
         };
         LockGuard::new(
             name,
@@ -457,13 +503,7 @@ impl PendingKey {
 
 impl Drop for PendingKey {
     fn drop(&mut self) {
-        if let Some(cleanup) = self.cleanup.take() {
-            cleanup.spawn(
-                self.key.clone(),
-                Arc::clone(&self.revision),
-                Arc::clone(&self.gate),
-            );
-        }
+        drop(self.spawn_withdrawal());
     }
 }
 
@@ -486,6 +526,7 @@ async fn watch_hold(
         }
         () = tokio::time::sleep(HOLD_WATCH_DELAY) => {}
     }
+    let mut backoff = Backoff::default();
     loop {
         let watched = tokio::select! {
             biased;
@@ -493,28 +534,57 @@ async fn watch_hold(
                 lost.mark(reason);
                 return;
             }
-            watched = watch::deleted_since(&link, &key, from) => watched,
+            watched = watch::deleted_since(&link, key.as_bytes(), from) => watched,
         };
         if watched == Watched::Deleted {
-            lost.mark(LossReason::Deleted);
+            lost.mark(why_deleted(&link).await);
             return;
         }
         // Compaction, a broken stream or an error: look at the key itself.
         let mut reader = link.client.clone();
-        match reader.get(key.as_str(), None).await {
-            Ok(now) => {
-                let ours = now
-                    .kvs()
-                    .first()
-                    .is_some_and(|kv| kv.create_revision() == revision);
-                if !ours {
-                    lost.mark(LossReason::Deleted);
-                    return;
-                }
-                from = now.header().map_or(from, |h| h.revision() + 1);
+        let read = tokio::time::timeout(
+            retry::attempt_timeout(link.ttl),
+            reader.get(key.as_str(), None),
+        )
+        .await;
+        if let Ok(Ok(now)) = read {
+            let ours = now
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.create_revision() == revision);
+            if !ours {
+                lost.mark(why_deleted(&link).await);
+                return;
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            from = now.header().map_or(from, |h| h.revision() + 1);
         }
+        if backoff.wait(&link).await.is_err() {
+            // The session ended: the next round reports it.
+            continue;
+        }
+    }
+}
+
+/// Why a hold's key went: with its lease (revoked or expired: the session is over), or
+/// deleted on its own while the session lives.
+async fn why_deleted(link: &Link) -> LossReason {
+    let mut client = link.client.clone();
+    let asked = tokio::time::timeout(
+        retry::attempt_timeout(link.ttl),
+        client.lease_time_to_live(link.lease_id, None),
+    )
+    .await;
+    match asked {
+        // etcd answers -1 for a lease it no longer knows.
+        Ok(Ok(lease)) if lease.ttl() < 0 => {
+            let _ = link.lease_gone();
+            link.ended_watch.reason().unwrap_or(LossReason::Expired)
+        }
+        Ok(Err(err)) if retry::classify(&err) == ErrorKind::LeaseGone => {
+            let _ = link.lease_gone();
+            link.ended_watch.reason().unwrap_or(LossReason::Expired)
+        }
+        _ => LossReason::Deleted,
     }
 }
 
@@ -528,38 +598,64 @@ struct EtcdHold {
     cleanup: Option<Cleanup>,
 }
 
+impl EtcdHold {
+    /// Starts the release in the background: it goes on if the caller goes away.
+    fn spawn_release(&mut self) -> Option<JoinHandle<Cleaned<bool>>> {
+        self.watcher.abort();
+        let cleanup = self.cleanup.take()?;
+        Some(cleanup.spawn(
+            "release the lock",
+            self.key.clone(),
+            Arc::new(AtomicI64::new(self.revision)),
+            Arc::default(),
+        ))
+    }
+
+    fn lost_error(&self, reason: Option<LossReason>) -> LockError {
+        LockError::LockLost {
+            name: self.name.clone(),
+            reason: reason
+                .or_else(|| self.lost.reason())
+                .unwrap_or(LossReason::Deleted),
+        }
+    }
+}
+
 #[async_trait]
 impl Hold for EtcdHold {
+    /// Releases and waits for etcd's answer. The release runs in a task of its own and keeps
+    /// the local ticket until etcd has answered, so a dropped `unlock()` still releases, and no
+    /// new hold of this session on the name can start while the delete is outstanding.
     async fn release(mut self: Box<Self>) -> Result<(), LockError> {
-        self.watcher.abort();
-        let Some(cleanup) = self.cleanup.take() else {
+        let Some(release) = self.spawn_release() else {
             return Ok(());
         };
-        let (key, revision) = (self.key.clone(), self.revision);
-        let released = retry(&cleanup.link, "release the lock", |client| {
-            let key = key.clone();
-            async move { delete_if_owned(&client, &key, revision).await }
-        })
-        .await;
-        // The key is gone (or its session with it): the next local task may go.
-        drop(cleanup);
-        match released {
-            Ok(true) => Ok(()),
-            Ok(false) | Err(LockError::SessionLost { .. }) => Err(LockError::LockLost {
-                name: self.name.clone(),
-                reason: self.lost.reason().unwrap_or(LossReason::Deleted),
+        match release.await {
+            Ok(Cleaned::Done { value: true, .. }) => Ok(()),
+            // Gone already: by this very release when an earlier attempt's reply was lost,
+            // else someone else deleted it.
+            Ok(Cleaned::Done {
+                value: false,
+                maybe_applied_before,
+            }) => {
+                if maybe_applied_before {
+                    Ok(())
+                } else {
+                    Err(self.lost_error(None))
+                }
+            }
+            Ok(Cleaned::SessionEnded(reason)) => Err(self.lost_error(Some(reason))),
+            Err(err) => Err(LockError::Backend {
+                backend: "etcd",
+                operation: "release the lock".to_owned(),
+                source: Box::new(err),
             }),
-            Err(err) => Err(err),
         }
     }
 }
 
 impl Drop for EtcdHold {
     fn drop(&mut self) {
-        self.watcher.abort();
-        if let Some(cleanup) = self.cleanup.take() {
-            let revision = Arc::new(AtomicI64::new(self.revision));
-            cleanup.spawn(self.key.clone(), revision, Arc::default());
-        }
+        drop(self.spawn_release());
     }
 }

@@ -35,6 +35,8 @@ pub(crate) struct Link {
     /// The session's one watch stream, shared by its waits and holds.
     pub(crate) watches: WatchHub,
     pub(crate) lease_id: i64,
+    /// The lease's TTL.
+    pub(crate) ttl: Duration,
     pub(crate) endpoints: String,
     ended: LostSignal,
     pub(crate) ended_watch: LostWatch,
@@ -94,6 +96,7 @@ impl Session {
                 watches: WatchHub::start(client.clone(), &runtime),
                 client,
                 lease_id,
+                ttl,
                 endpoints,
                 ended,
                 ended_watch,
@@ -142,6 +145,17 @@ impl Link {
     pub(crate) fn lease_gone(&self) -> LockError {
         self.ended.mark(LossReason::Expired);
         self.lost_error(self.ended_watch.reason().unwrap_or(LossReason::Expired))
+    }
+
+    /// Ends the session because a cleanup could not complete, and revokes its lease so that
+    /// its keys go and its locks pass on. If etcd cannot be told, the keepalive has stopped and
+    /// the lease expires with its TTL.
+    pub(crate) async fn abandon(&self) {
+        if self.ended.mark(LossReason::Revoked) {
+            let mut client = self.client.clone();
+            let revoke = client.lease_revoke(self.lease_id);
+            let _ = tokio::time::timeout(crate::retry::attempt_timeout(self.ttl), revoke).await;
+        }
     }
 
     /// Ends the session and revokes its lease, so its keys go at once.

@@ -28,7 +28,7 @@ pub(crate) enum Watched {
 /// The etcd error of that read.
 pub(crate) async fn gone(
     link: &Link,
-    key: &str,
+    key: &[u8],
     create_revision: i64,
 ) -> Result<Watched, etcd_client::Error> {
     let mut watch = link.watches.watch(key, 0);
@@ -52,7 +52,7 @@ pub(crate) async fn gone(
 /// Starting from a known revision means no delete can be missed without an extra read; the
 /// delivery may take etcd's 100 ms catch-up loop when the store has moved on, which is fine
 /// for learning of a loss (and saves a round trip on every acquisition).
-pub(crate) async fn deleted_since(link: &Link, key: &str, from_revision: i64) -> Watched {
+pub(crate) async fn deleted_since(link: &Link, key: &[u8], from_revision: i64) -> Watched {
     let mut watch = link.watches.watch(key, from_revision);
     match watch.next().await {
         Notice::Created => outcome(watch.next().await),
