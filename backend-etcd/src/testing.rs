@@ -456,3 +456,122 @@ pub async fn enable_auth(
     admin.auth_enable().await?;
     Ok(())
 }
+
+/// A TCP proxy on loopback in front of one etcd endpoint, for faults that a real network has
+/// and a local etcd does not: replies that never arrive, connections that break mid-request.
+///
+/// Connect a client to [`endpoint`](TcpProxy::endpoint) instead of etcd's. Runs on the tokio
+/// runtime it was started on; dropping it closes every connection.
+pub struct TcpProxy {
+    endpoint: String,
+    faults: std::sync::Arc<ProxyFaults>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// The faults a [`TcpProxy`] applies, shared with its connections.
+struct ProxyFaults {
+    /// While set, bytes from etcd to the client are read and thrown away.
+    swallow_replies: std::sync::atomic::AtomicBool,
+    /// Bumped to cut every open connection.
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    /// Starts a proxy to `target` (`HOST:PORT`) on a free loopback port.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn start(target: &str) -> Result<TcpProxy, HarnessError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = listener.local_addr()?.to_string();
+        let faults = std::sync::Arc::new(ProxyFaults {
+            swallow_replies: std::sync::atomic::AtomicBool::new(false),
+            cuts: tokio::sync::watch::channel(0).0,
+        });
+        let target = target.to_owned();
+        let shared = std::sync::Arc::clone(&faults);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                tokio::spawn(proxy_connection(
+                    client,
+                    server,
+                    std::sync::Arc::clone(&shared),
+                ));
+            }
+        });
+        Ok(TcpProxy {
+            endpoint,
+            faults,
+            accept,
+        })
+    }
+
+    /// `127.0.0.1:PORT` of the proxy.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    /// From now on (`true`) or no longer (`false`), etcd's replies are thrown away: requests
+    /// still reach etcd and take effect, but the client never hears back.
+    pub fn swallow_replies(&self, swallow: bool) {
+        self.faults
+            .swallow_replies
+            .store(swallow, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every open connection, as a network failure would. New connections work.
+    pub fn cut_connections(&self) {
+        self.faults.cuts.send_modify(|cuts| *cuts += 1);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut_connections();
+    }
+}
+
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    faults: std::sync::Arc<ProxyFaults>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cuts = faults.cuts.subscribe();
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = client_read.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            server_write.write_all(&buffer[..read]).await?;
+        }
+    };
+    let replies = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = server_read.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            if !faults
+                .swallow_replies
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                client_write.write_all(&buffer[..read]).await?;
+            }
+        }
+    };
+    tokio::select! {
+        _ = requests => {}
+        _ = replies => {}
+        _ = cuts.changed() => {}
+    }
+}
