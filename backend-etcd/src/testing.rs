@@ -472,6 +472,8 @@ pub struct TcpProxy {
 struct ProxyFaults {
     /// While set, bytes from etcd to the client are read and thrown away.
     swallow_replies: std::sync::atomic::AtomicBool,
+    /// While set, bytes from the client to etcd are read and thrown away.
+    swallow_requests: std::sync::atomic::AtomicBool,
     /// Bumped to cut every open connection.
     cuts: tokio::sync::watch::Sender<u64>,
 }
@@ -486,6 +488,7 @@ impl TcpProxy {
         let endpoint = listener.local_addr()?.to_string();
         let faults = std::sync::Arc::new(ProxyFaults {
             swallow_replies: std::sync::atomic::AtomicBool::new(false),
+            swallow_requests: std::sync::atomic::AtomicBool::new(false),
             cuts: tokio::sync::watch::channel(0).0,
         });
         let target = target.to_owned();
@@ -522,6 +525,15 @@ impl TcpProxy {
             .store(swallow, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// From now on (`true`) or no longer (`false`), the client's requests are thrown away: they
+    /// never reach etcd. The connections' byte streams are broken from then on; follow with
+    /// [`cut_connections`](TcpProxy::cut_connections).
+    pub fn swallow_requests(&self, swallow: bool) {
+        self.faults
+            .swallow_requests
+            .store(swallow, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Closes every open connection, as a network failure would. New connections work.
     pub fn cut_connections(&self) {
         self.faults.cuts.send_modify(|cuts| *cuts += 1);
@@ -551,7 +563,12 @@ async fn proxy_connection(
             if read == 0 {
                 return Ok::<_, std::io::Error>(());
             }
-            server_write.write_all(&buffer[..read]).await?;
+            if !faults
+                .swallow_requests
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                server_write.write_all(&buffer[..read]).await?;
+            }
         }
     };
     let replies = async {

@@ -144,22 +144,52 @@ async fn a_cancelled_unlock_still_releases() {
     next.unlock().await.unwrap();
 }
 
-/// Finding 3: `try_lock` dropped at random points, also while it withdraws after finding the
-/// lock taken: no waiter key is left behind, and the holder's release reaches the next waiter.
+/// Finding 3: `try_lock` dropped while it withdraws after finding the lock taken. The
+/// withdrawal's request is lost on the way (the connection breaks), and the caller's future is
+/// dropped meanwhile: the withdrawal goes on, and no waiter key is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_try_locks_leave_no_key() {
-    let etcd = Etcd::new();
-    let (a, b) = (etcd.session().await, etcd.session().await);
+async fn a_try_lock_dropped_while_withdrawing_leaves_no_key() {
+    let etcd = Etcd::with_ttl(2);
+    let proxy = TcpProxy::start(&etcd.server.endpoint()).await.unwrap();
+    let a = EtcdLock::connect(&EtcdConfig {
+        endpoints: vec![proxy.endpoint()],
+        ..etcd.config.clone()
+    })
+    .await
+    .unwrap();
+    let b = etcd.session().await;
     let held = b.lock("try").await.unwrap();
     let holder_key = held.key().to_owned();
-    for round in 0..200u64 {
-        // 0–4 ms: before the put, between the put and the withdrawal, during the withdrawal.
-        let after = Duration::from_micros((round * 37) % 4_000);
-        if let Ok(result) = tokio::time::timeout(after, a.try_lock("try")).await {
-            assert!(result.unwrap().is_none(), "try_lock took a held lock");
-        }
+    let a_key = format!("{}try/{:x}", etcd.config.namespace, a.lease_id());
+    let mut raw = etcd.raw().await;
+    for _ in 0..5 {
+        let attempt = {
+            let a = a.clone();
+            tokio::spawn(async move { a.try_lock("try").await.map(|guard| guard.is_some()) })
+        };
+        // The moment a's key is in place, a is reading the queue or withdrawing: from then on
+        // its requests are lost, and the caller gives up.
+        within("a's key to appear", async {
+            while raw
+                .get(a_key.as_str(), None)
+                .await
+                .unwrap()
+                .kvs()
+                .is_empty()
+            {}
+        })
+        .await;
+        proxy.swallow_requests(true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        attempt.abort();
+        assert!(
+            !matches!(attempt.await, Ok(Ok(true))),
+            "try_lock took a held lock"
+        );
+        proxy.swallow_requests(false);
+        proxy.cut_connections();
+        keys_become(&etcd, "try", vec![holder_key.clone()]).await;
     }
-    keys_become(&etcd, "try", vec![holder_key]).await;
     held.unlock().await.unwrap();
     let guard = within("a to lock", a.lock("try")).await.unwrap();
     guard.unlock().await.unwrap();
