@@ -15,12 +15,23 @@
 //! ```
 //!
 //! # Keys
-//! A waiter or holder of lock `NAME` is the key `{namespace}{NAME}/{lease id in hex}`, empty,
-//! on the session's lease; the holder is the one with the lowest create revision, and that
-//! revision is its [`FencingToken`](locksmith_api::FencingToken). Unlike Go's Mutex, which
+//! A waiter or holder of lock `NAME` is the key `{namespace}{NAME}/{lease id in hex}` on the
+//! session's lease, whose value marks the queue attempt that created it (Go ignores values);
+//! the holder is the one with the lowest create revision, and that revision is its
+//! [`FencingToken`](locksmith_api::FencingToken). Unlike Go's Mutex, which
 //! ranges over every key under `NAME/`, locksmith counts only direct children, so locks `a`
 //! and `a/b` stay independent between locksmith clients (a Go client on `a` still waits for
 //! `a/b`'s holders: Go's layout allows no better).
+//!
+//! # Cleanup and cancellation
+//! Every path that gives a key up (an unlock, a dropped guard, a withdrawn or failed `lock`, a
+//! `try_lock` that found the lock taken) deletes it in a task of its own, guarded by the key's
+//! create revision, and retries until etcd answers or the session ends; dropping the future
+//! that started it changes nothing. Until then the session's other tasks stay off that name,
+//! so no new hold can meet an outstanding delete. A `lock` never adopts a key of its session
+//! that it did not create itself: it deletes it and queues afresh. A cleanup that etcd keeps
+//! refusing (permissions, a bad request; or any failure for longer than the TTL) ends the
+//! session and revokes its lease, so the lock passes on instead of staying blocked.
 //!
 //! # Handoff
 //! A waiter watches the next-older key for its delete from the revision after the one it read

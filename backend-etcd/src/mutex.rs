@@ -1,6 +1,7 @@
 //! The revision-queue mutex of Go's `concurrency.Mutex`, key for key.
 //!
-//! A waiter puts `{namespace}{name}/{lease id in hex}` (empty value, on the session lease);
+//! A waiter puts `{namespace}{name}/{lease id in hex}` (on the session lease, its value a token
+//! of the attempt, so that a key this attempt did not create is never taken for its own);
 //! the owner is the direct child of `{namespace}{name}/` with the lowest create revision. A
 //! waiter watches the next-older key for its delete and goes on until none is left.
 
