@@ -58,16 +58,13 @@ pub(crate) fn classify(err: &etcd_client::Error) -> ErrorKind {
 }
 
 /// True when etcd refused the request's auth token (expired, or issued before the last change
-/// of users or roles): a fresh token cures it.
+/// of users or roles): a fresh token cures it. Not "user name is empty": a client without
+/// credentials on an etcd with auth on gets no token by asking again.
 pub(crate) fn is_stale_auth(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unauthenticated
-        || [
-            "invalid auth token",
-            "revision of auth store is old",
-            "user name is empty",
-        ]
-        .iter()
-        .any(|message| status.message().contains(message))
+        || ["invalid auth token", "revision of auth store is old"]
+            .iter()
+            .any(|message| status.message().contains(message))
 }
 
 /// Before retrying after `err`: asks for a fresh auth token if the old one was refused.
