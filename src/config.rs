@@ -3,11 +3,14 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DistributedLock, EtcdConfig, EtcdLock, EtcdTls, LockError, MemoryStore};
+#[cfg(feature = "memory")]
+use crate::MemoryStore;
+use crate::{DistributedLock, LockError};
+#[cfg(feature = "etcd")]
+use crate::{EtcdConfig, EtcdLock, EtcdTls};
 
 /// The environment variable [`LockConfig::from_env`] reads.
 pub const URL_ENV: &str = "LOCKSMITH_URL";
@@ -44,13 +47,55 @@ pub const URL_ENV: &str = "LOCKSMITH_URL";
 ///
 /// In TOML: `backend = "etcd"`, `endpoints = ["127.0.0.1:2379"]`, `namespace`, `ttl_secs`,
 /// `connect_timeout_ms`, `user`, `password`, and a `[tls]` table with `ca`, `cert`, `key`.
+///
+/// # Features
+/// [`LockConfig::Etcd`] exists only with the `etcd` feature, since it carries the etcd
+/// backend's [`EtcdConfig`](crate::EtcdConfig). Without it, an `etcd://` URL or a
+/// `backend = "etcd"` document is read as [`LockError::InvalidConfig`] ("built without the
+/// `etcd` feature"), so a program that reads configs compiles either way and says why at run
+/// time. [`LockConfig::Memory`] always exists; without the `memory` feature
+/// [`connect`](LockConfig::connect) refuses it the same way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
+#[cfg_attr(not(feature = "etcd"), serde(try_from = "ConfigDocument"))]
 pub enum LockConfig {
     /// The in-process memory backend.
     Memory(MemoryConfig),
     /// The etcd backend.
+    #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
     Etcd(EtcdConfig),
+}
+
+/// A config document as written, backends left out of this build included; read into a
+/// [`LockConfig`] only to say which feature is missing.
+#[cfg(not(feature = "etcd"))]
+#[derive(Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+enum ConfigDocument {
+    Memory(MemoryConfig),
+    Etcd(serde::de::IgnoredAny),
+}
+
+#[cfg(not(feature = "etcd"))]
+impl TryFrom<ConfigDocument> for LockConfig {
+    type Error = String;
+
+    fn try_from(document: ConfigDocument) -> Result<Self, Self::Error> {
+        match document {
+            ConfigDocument::Memory(config) => Ok(LockConfig::Memory(config)),
+            ConfigDocument::Etcd(_) => Err(missing_feature("etcd")),
+        }
+    }
+}
+
+/// The message for a backend this build was compiled without.
+#[cfg(not(all(feature = "etcd", feature = "memory")))]
+fn missing_feature(backend: &str) -> String {
+    format!(
+        "locksmith was built without the `{backend}` feature: enable it in Cargo.toml \
+         (features = [\"{backend}\"]) to use {backend}:// configs"
+    )
 }
 
 /// Settings of the memory backend.
@@ -67,6 +112,23 @@ pub struct MemoryConfig {
 
 fn default_ttl_secs() -> u64 {
     10
+}
+
+impl MemoryConfig {
+    #[cfg(feature = "memory")]
+    fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+        let store = match &self.store {
+            Some(name) => MemoryStore::named(name),
+            None => MemoryStore::global(),
+        };
+        let ttl = std::time::Duration::from_secs(self.ttl_secs);
+        Ok(Arc::new(store.connect_with_ttl(ttl)?))
+    }
+
+    #[cfg(not(feature = "memory"))]
+    fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+        Err(LockError::config(missing_feature("memory")))
+    }
 }
 
 impl Default for MemoryConfig {
@@ -94,7 +156,10 @@ impl LockConfig {
         let parts = UrlParts::split(url)?;
         match parts.scheme {
             "memory" => memory_from_url(&parts),
+            #[cfg(feature = "etcd")]
             "etcd" => etcd_from_url(&parts),
+            #[cfg(not(feature = "etcd"))]
+            "etcd" => Err(LockError::config(missing_feature("etcd"))),
             other => Err(LockError::config(format!(
                 "unknown backend {other:?} in {url:?}: use memory:// or etcd://"
             ))),
@@ -135,21 +200,15 @@ impl LockConfig {
     /// Opens a new client session on the configured backend.
     ///
     /// # Errors
-    /// [`LockError::InvalidConfig`] for unusable settings (a zero TTL), or the backend's error
-    /// when it cannot be reached.
+    /// [`LockError::InvalidConfig`] for unusable settings (a zero TTL) or a backend this build
+    /// was compiled without, or the backend's error when it cannot be reached.
     ///
     /// # Cancel safety
     /// Cancel-safe: a session that was being opened is closed again.
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
         match self {
-            LockConfig::Memory(config) => {
-                let store = match &config.store {
-                    Some(name) => MemoryStore::named(name),
-                    None => MemoryStore::global(),
-                };
-                let ttl = Duration::from_secs(config.ttl_secs);
-                Ok(Arc::new(store.connect_with_ttl(ttl)?))
-            }
+            LockConfig::Memory(config) => config.connect(),
+            #[cfg(feature = "etcd")]
             LockConfig::Etcd(config) => Ok(Arc::new(EtcdLock::connect(config).await?)),
         }
     }
@@ -174,6 +233,7 @@ impl fmt::Display for LockConfig {
                 }
                 Ok(())
             }
+            #[cfg(feature = "etcd")]
             LockConfig::Etcd(config) => {
                 write!(
                     f,
@@ -230,6 +290,7 @@ fn memory_from_url(parts: &UrlParts<'_>) -> Result<LockConfig, LockError> {
     Ok(LockConfig::Memory(config))
 }
 
+#[cfg(feature = "etcd")]
 fn etcd_from_url(parts: &UrlParts<'_>) -> Result<LockConfig, LockError> {
     let endpoints: Vec<String> = parts
         .authority
@@ -399,6 +460,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn etcd_urls() {
         let config =
@@ -436,6 +498,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn bad_etcd_urls_say_what_is_wrong() {
         for (url, says) in [
@@ -454,6 +517,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn etcd_from_toml_and_json() {
         let toml = LockConfig::from_toml(
@@ -471,6 +535,7 @@ mod tests {
         assert!(unknown.is_err());
     }
 
+    #[cfg(feature = "etcd")]
     #[tokio::test]
     async fn unreachable_etcd_fails_within_the_connect_timeout() {
         let config = LockConfig::from_url("etcd://127.0.0.1:1/?connect_timeout_ms=300").unwrap();
@@ -502,6 +567,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "memory")]
     #[tokio::test]
     async fn zero_ttl_from_serde_is_refused_at_connect() {
         let config = LockConfig::from_toml("backend = \"memory\"\nttl_secs = 0").unwrap();
@@ -509,6 +575,39 @@ mod tests {
             Err(LockError::InvalidConfig { .. }) => {}
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("zero TTL accepted"),
+        }
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[test]
+    fn etcd_configs_need_the_etcd_feature() {
+        let from_url = LockConfig::from_url("etcd://127.0.0.1:2379/");
+        let from_toml = LockConfig::from_toml("backend = \"etcd\"\nendpoints = [\"h:1\"]");
+        let from_json = LockConfig::from_json(r#"{"backend":"etcd","endpoints":["h:1"]}"#);
+        for result in [from_url, from_toml, from_json] {
+            match result {
+                Err(err @ LockError::InvalidConfig { .. }) => {
+                    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+                    assert!(text.contains("without the `etcd` feature"), "{text}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            LockConfig::from_toml("backend = \"memory\"").unwrap(),
+            memory(None, 10)
+        );
+    }
+
+    #[cfg(not(feature = "memory"))]
+    #[tokio::test]
+    async fn memory_configs_need_the_memory_feature() {
+        match LockConfig::default().connect().await {
+            Err(err @ LockError::InvalidConfig { .. }) => {
+                assert!(err.to_string().contains("`memory` feature"), "{err}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("connected without the memory backend"),
         }
     }
 }
