@@ -578,6 +578,21 @@ mod tests {
         }
     }
 
+    /// A TTL past the memory backend's maximum is refused at connect (it used to panic the
+    /// session's keepalive task).
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn overflowing_memory_ttl_is_refused_at_connect() {
+        let config = LockConfig::from_url("memory://?ttl=18446744073709551615").unwrap();
+        match config.connect().await {
+            Err(err @ LockError::InvalidConfig { .. }) => {
+                assert!(err.to_string().contains("too long"), "{err}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("TTL of u64::MAX seconds accepted"),
+        }
+    }
+
     #[cfg(not(feature = "etcd"))]
     #[test]
     fn etcd_configs_need_the_etcd_feature() {
