@@ -1,6 +1,5 @@
 //! Choosing a backend by configuration: one serde type, URLs, and the environment.
 
-use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -10,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::MemoryStore;
 use crate::{DistributedLock, LockError};
 #[cfg(feature = "etcd")]
-use crate::{EtcdConfig, EtcdLock, EtcdTls};
+use crate::{EtcdConfig, EtcdLock};
+
+mod url;
+pub use self::url::redact_url;
 
 /// The environment variable [`LockConfig::from_env`] reads.
 pub const URL_ENV: &str = "LOCKSMITH_URL";
@@ -40,10 +42,16 @@ pub const URL_ENV: &str = "LOCKSMITH_URL";
 /// | `memory://` | the process-wide memory store |
 /// | `memory://NAME` | the process-wide memory store called NAME |
 /// | `etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE]` | etcd at these endpoints; keys under NAMESPACE |
-/// | `…?ttl=SECS` | the session TTL in seconds (default 10) |
+/// | `…?ttl=SECS` | the session TTL in seconds (default 10; memory: at most 9,000,000,000) |
 /// | `etcd://…?connect_timeout_ms=MS` | how long connecting may take (default 5000) |
 /// | `etcd://…?user=U&password=P` | etcd credentials |
 /// | `etcd://…?ca=PATH&cert=PATH&key=PATH` | TLS files (PEM); endpoints then use https |
+///
+/// The store name, the namespace and every query value are percent-decoded (`password=a%26b`
+/// is `a&b`; `+` is a plus, a space is `%20`), and [`Display`](std::fmt::Display) prints the
+/// URL percent-encoded, so that it reads back to the same config, except that the password
+/// is printed as `***`. Neither `Display`, `Debug` nor any error message shows a password:
+/// a message that quotes a URL quotes it [`redact_url`]ed.
 ///
 /// In TOML: `backend = "etcd"`, `endpoints = ["127.0.0.1:2379"]`, `namespace`, `ttl_secs`,
 /// `connect_timeout_ms`, `user`, `password`, and a `[tls]` table with `ca`, `cert`, `key`.
@@ -153,17 +161,7 @@ impl LockConfig {
     /// # Errors
     /// [`LockError::InvalidConfig`] naming what is wrong: an unknown scheme, a bad parameter.
     pub fn from_url(url: &str) -> Result<LockConfig, LockError> {
-        let parts = UrlParts::split(url)?;
-        match parts.scheme {
-            "memory" => memory_from_url(&parts),
-            #[cfg(feature = "etcd")]
-            "etcd" => etcd_from_url(&parts),
-            #[cfg(not(feature = "etcd"))]
-            "etcd" => Err(LockError::config(missing_feature("etcd"))),
-            other => Err(LockError::config(format!(
-                "unknown backend {other:?} in {url:?}: use memory:// or etcd://"
-            ))),
-        }
+        url::parse(url)
     }
 
     /// Reads the URL in the `LOCKSMITH_URL` environment variable.
@@ -219,198 +217,6 @@ impl FromStr for LockConfig {
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         LockConfig::from_url(url)
-    }
-}
-
-impl fmt::Display for LockConfig {
-    /// The URL form, which [`from_url`](LockConfig::from_url) reads back.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LockConfig::Memory(config) => {
-                write!(f, "memory://{}", config.store.as_deref().unwrap_or(""))?;
-                if config.ttl_secs != default_ttl_secs() {
-                    write!(f, "?ttl={}", config.ttl_secs)?;
-                }
-                Ok(())
-            }
-            #[cfg(feature = "etcd")]
-            LockConfig::Etcd(config) => {
-                write!(
-                    f,
-                    "etcd://{}/{}",
-                    config.endpoints.join(","),
-                    config.namespace
-                )?;
-                let mut params = Vec::new();
-                if config.ttl_secs != default_ttl_secs() {
-                    params.push(format!("ttl={}", config.ttl_secs));
-                }
-                if config.connect_timeout_ms != EtcdConfig::default().connect_timeout_ms {
-                    params.push(format!("connect_timeout_ms={}", config.connect_timeout_ms));
-                }
-                if let Some(user) = &config.user {
-                    params.push(format!("user={user}"));
-                }
-                if config.password.is_some() {
-                    // Never print a secret; the URL form is for logs and messages.
-                    params.push("password=***".to_owned());
-                }
-                let tls = config.tls.clone().unwrap_or_default();
-                for (key, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
-                    if let Some(path) = path {
-                        params.push(format!("{key}={}", path.display()));
-                    }
-                }
-                if !params.is_empty() {
-                    write!(f, "?{}", params.join("&"))?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-fn memory_from_url(parts: &UrlParts<'_>) -> Result<LockConfig, LockError> {
-    if parts.path.is_some_and(|path| !path.is_empty()) {
-        return Err(LockError::config(format!(
-            "memory URL {:?} has a path: use memory://STORE",
-            parts.url
-        )));
-    }
-    let mut config = MemoryConfig {
-        store: Some(parts.authority.to_owned()).filter(|name| !name.is_empty()),
-        ..MemoryConfig::default()
-    };
-    for (key, value) in parts.query()? {
-        match key {
-            "ttl" => config.ttl_secs = parse_ttl(value)?,
-            other => return Err(parts.unknown_parameter(other, "ttl")),
-        }
-    }
-    Ok(LockConfig::Memory(config))
-}
-
-#[cfg(feature = "etcd")]
-fn etcd_from_url(parts: &UrlParts<'_>) -> Result<LockConfig, LockError> {
-    let endpoints: Vec<String> = parts
-        .authority
-        .split(',')
-        .map(str::trim)
-        .filter(|endpoint| !endpoint.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if endpoints.is_empty() {
-        return Err(LockError::config(format!(
-            "etcd URL {:?} names no endpoint: use etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE]",
-            parts.url
-        )));
-    }
-    let mut config = EtcdConfig {
-        endpoints,
-        namespace: parts.path.unwrap_or("").to_owned(),
-        ..EtcdConfig::default()
-    };
-    let mut tls = EtcdTls::default();
-    for (key, value) in parts.query()? {
-        match key {
-            "ttl" => config.ttl_secs = parse_ttl(value)?,
-            "connect_timeout_ms" => {
-                config.connect_timeout_ms = value.parse().map_err(|err| {
-                    LockError::config_with(
-                        format!(
-                        "connect_timeout_ms must be a whole number of milliseconds, got {value:?}"
-                    ),
-                        err,
-                    )
-                })?
-            }
-            "user" => config.user = Some(value.to_owned()),
-            "password" => config.password = Some(value.to_owned()),
-            "ca" => tls.ca = Some(value.into()),
-            "cert" => tls.cert = Some(value.into()),
-            "key" => tls.key = Some(value.into()),
-            other => {
-                return Err(parts.unknown_parameter(
-                    other,
-                    "ttl, connect_timeout_ms, user, password, ca, cert, key",
-                ))
-            }
-        }
-    }
-    if tls != EtcdTls::default() {
-        config.tls = Some(tls);
-    }
-    Ok(LockConfig::Etcd(config))
-}
-
-/// A TTL in whole seconds, greater than zero.
-fn parse_ttl(value: &str) -> Result<u64, LockError> {
-    match value.parse::<u64>() {
-        Ok(0) => Err(LockError::config("ttl must be at least 1 second, got 0")),
-        Ok(secs) => Ok(secs),
-        Err(err) => Err(LockError::config_with(
-            format!("ttl must be a whole number of seconds, got {value:?}"),
-            err,
-        )),
-    }
-}
-
-/// `scheme://authority[/path][?query]`, split without interpretation.
-struct UrlParts<'a> {
-    url: &'a str,
-    scheme: &'a str,
-    authority: &'a str,
-    path: Option<&'a str>,
-    query: Option<&'a str>,
-}
-
-impl<'a> UrlParts<'a> {
-    fn split(url: &'a str) -> Result<Self, LockError> {
-        let Some((scheme, rest)) = url.trim().split_once("://") else {
-            return Err(LockError::config(format!(
-                "{url:?} is not a locksmith URL: expected memory://… or etcd://HOST:PORT/…"
-            )));
-        };
-        let (rest, query) = match rest.split_once('?') {
-            Some((rest, query)) => (rest, Some(query)),
-            None => (rest, None),
-        };
-        let (authority, path) = match rest.split_once('/') {
-            Some((authority, path)) => (authority, Some(path)),
-            None => (rest, None),
-        };
-        Ok(UrlParts {
-            url,
-            scheme,
-            authority,
-            path,
-            query,
-        })
-    }
-
-    fn query(&self) -> Result<Vec<(&'a str, &'a str)>, LockError> {
-        let Some(query) = self.query else {
-            return Ok(Vec::new());
-        };
-        query
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                pair.split_once('=').ok_or_else(|| {
-                    LockError::config(format!(
-                        "parameter {pair:?} in {:?} has no value: write {pair}=VALUE",
-                        self.url
-                    ))
-                })
-            })
-            .collect()
-    }
-
-    fn unknown_parameter(&self, key: &str, known: &str) -> LockError {
-        LockError::config(format!(
-            "unknown parameter {key:?} in {:?}: known parameters are {known}",
-            self.url
-        ))
     }
 }
 
