@@ -1,15 +1,16 @@
 # locksmith: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: demo test deps fmt lint unit doc chaos chaos-short
+.PHONY: demo test deps fmt lint fresh-build unit doc chaos chaos-short
 
-# The three-client demo on the embedded memory backend.
+# The three-client demo on the embedded memory backend: builds only the memory backend, so it
+# needs no protoc and no etcd.
 demo:
-	$(CARGO) run --example three_clients
+	$(CARGO) run --example three_clients --no-default-features --features memory
 
 # Everything CI runs: installs what is missing (protoc, etcd, etcdctl), then format, lints,
 # every test (real etcd included) and the doc tests.
-test: deps fmt lint unit doc chaos-short
+test: deps fmt lint fresh-build unit doc chaos-short
 
 deps:
 	bash scripts/install-deps.sh
@@ -19,6 +20,16 @@ fmt:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+# What `make demo` builds on a machine with only the Rust toolchain: the memory-only facade
+# builds with protoc pointing nowhere, and its dependency tree has no gRPC stack. Its own
+# target dir, so that the PROTOC change does not rebuild the main one.
+FRESH_TARGET ?= target/fresh-build
+fresh-build:
+	PROTOC=/nonexistent CARGO_TARGET_DIR=$(FRESH_TARGET) $(CARGO) build -p locksmith --no-default-features --features memory
+	@if $(CARGO) tree -p locksmith --no-default-features --features memory | grep -E 'tonic|prost|etcd-client'; then \
+		echo "fresh-build: the memory-only build depends on the gRPC stack (above)" >&2; exit 1; \
+	else echo "fresh-build: memory-only build needs no protoc, no tonic, prost or etcd-client"; fi
 
 # tests/examples.rs runs the example programs themselves: build them first.
 unit:
@@ -31,8 +42,8 @@ doc:
 # The chaos run: client processes against a 3-member etcd cluster under random faults,
 # with a checked history (CHAOS_SECS, default 300). Exits 0 only on a clean verdict.
 chaos: deps
-	$(CARGO) run --release --example chaos -- --secs $${CHAOS_SECS:-300}
+	$(CARGO) run --release --example chaos --features etcd-testing -- --secs $${CHAOS_SECS:-300}
 
 # The 60-second chaos run of `make test` (debug build, already built by `unit`).
 chaos-short:
-	$(CARGO) run --example chaos -- --secs 60
+	$(CARGO) run --example chaos --features etcd-testing -- --secs 60

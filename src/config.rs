@@ -1,13 +1,18 @@
 //! Choosing a backend by configuration: one serde type, URLs, and the environment.
 
-use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DistributedLock, EtcdConfig, EtcdLock, EtcdTls, LockError, MemoryStore};
+#[cfg(feature = "memory")]
+use crate::MemoryStore;
+use crate::{DistributedLock, LockError};
+#[cfg(feature = "etcd")]
+use crate::{EtcdConfig, EtcdLock};
+
+mod url;
+pub use self::url::redact_url;
 
 /// The environment variable [`LockConfig::from_env`] reads.
 pub const URL_ENV: &str = "LOCKSMITH_URL";
@@ -37,20 +42,68 @@ pub const URL_ENV: &str = "LOCKSMITH_URL";
 /// | `memory://` | the process-wide memory store |
 /// | `memory://NAME` | the process-wide memory store called NAME |
 /// | `etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE]` | etcd at these endpoints; keys under NAMESPACE |
-/// | `…?ttl=SECS` | the session TTL in seconds (default 10) |
+/// | `…?ttl=SECS` | the session TTL in seconds (default 10; memory: at most 9,000,000,000) |
 /// | `etcd://…?connect_timeout_ms=MS` | how long connecting may take (default 5000) |
 /// | `etcd://…?user=U&password=P` | etcd credentials |
 /// | `etcd://…?ca=PATH&cert=PATH&key=PATH` | TLS files (PEM); endpoints then use https |
 ///
+/// The store name, the namespace and every query value are percent-decoded (`password=a%26b`
+/// is `a&b`; `+` is a plus, a space is `%20`), and [`Display`](std::fmt::Display) prints the
+/// URL percent-encoded, so that it reads back to the same config, except that the password
+/// is printed as `***`. Neither `Display`, `Debug` nor any error message shows a password:
+/// a message that quotes a URL quotes it [`redact_url`]ed.
+///
 /// In TOML: `backend = "etcd"`, `endpoints = ["127.0.0.1:2379"]`, `namespace`, `ttl_secs`,
 /// `connect_timeout_ms`, `user`, `password`, and a `[tls]` table with `ca`, `cert`, `key`.
+///
+/// # Features
+/// [`LockConfig::Etcd`] exists only with the `etcd` feature, since it carries the etcd
+/// backend's [`EtcdConfig`](crate::EtcdConfig). Without it, an `etcd://` URL or a
+/// `backend = "etcd"` document is read as [`LockError::InvalidConfig`] ("built without the
+/// `etcd` feature"), so a program that reads configs compiles either way and says why at run
+/// time. [`LockConfig::Memory`] always exists; without the `memory` feature
+/// [`connect`](LockConfig::connect) refuses it the same way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
+#[cfg_attr(not(feature = "etcd"), serde(try_from = "ConfigDocument"))]
 pub enum LockConfig {
     /// The in-process memory backend.
     Memory(MemoryConfig),
     /// The etcd backend.
+    #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
     Etcd(EtcdConfig),
+}
+
+/// A config document as written, backends left out of this build included; read into a
+/// [`LockConfig`] only to say which feature is missing.
+#[cfg(not(feature = "etcd"))]
+#[derive(Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+enum ConfigDocument {
+    Memory(MemoryConfig),
+    Etcd(serde::de::IgnoredAny),
+}
+
+#[cfg(not(feature = "etcd"))]
+impl TryFrom<ConfigDocument> for LockConfig {
+    type Error = String;
+
+    fn try_from(document: ConfigDocument) -> Result<Self, Self::Error> {
+        match document {
+            ConfigDocument::Memory(config) => Ok(LockConfig::Memory(config)),
+            ConfigDocument::Etcd(_) => Err(missing_feature("etcd")),
+        }
+    }
+}
+
+/// The message for a backend this build was compiled without.
+#[cfg(not(all(feature = "etcd", feature = "memory")))]
+fn missing_feature(backend: &str) -> String {
+    format!(
+        "locksmith was built without the `{backend}` feature: enable it in Cargo.toml \
+         (features = [\"{backend}\"]) to use {backend}:// configs"
+    )
 }
 
 /// Settings of the memory backend.
@@ -67,6 +120,23 @@ pub struct MemoryConfig {
 
 fn default_ttl_secs() -> u64 {
     10
+}
+
+impl MemoryConfig {
+    #[cfg(feature = "memory")]
+    fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+        let store = match &self.store {
+            Some(name) => MemoryStore::named(name),
+            None => MemoryStore::global(),
+        };
+        let ttl = std::time::Duration::from_secs(self.ttl_secs);
+        Ok(Arc::new(store.connect_with_ttl(ttl)?))
+    }
+
+    #[cfg(not(feature = "memory"))]
+    fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+        Err(LockError::config(missing_feature("memory")))
+    }
 }
 
 impl Default for MemoryConfig {
@@ -91,14 +161,7 @@ impl LockConfig {
     /// # Errors
     /// [`LockError::InvalidConfig`] naming what is wrong: an unknown scheme, a bad parameter.
     pub fn from_url(url: &str) -> Result<LockConfig, LockError> {
-        let parts = UrlParts::split(url)?;
-        match parts.scheme {
-            "memory" => memory_from_url(&parts),
-            "etcd" => etcd_from_url(&parts),
-            other => Err(LockError::config(format!(
-                "unknown backend {other:?} in {url:?}: use memory:// or etcd://"
-            ))),
-        }
+        url::parse(url)
     }
 
     /// Reads the URL in the `LOCKSMITH_URL` environment variable.
@@ -135,21 +198,15 @@ impl LockConfig {
     /// Opens a new client session on the configured backend.
     ///
     /// # Errors
-    /// [`LockError::InvalidConfig`] for unusable settings (a zero TTL), or the backend's error
-    /// when it cannot be reached.
+    /// [`LockError::InvalidConfig`] for unusable settings (a zero TTL) or a backend this build
+    /// was compiled without, or the backend's error when it cannot be reached.
     ///
     /// # Cancel safety
     /// Cancel-safe: a session that was being opened is closed again.
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
         match self {
-            LockConfig::Memory(config) => {
-                let store = match &config.store {
-                    Some(name) => MemoryStore::named(name),
-                    None => MemoryStore::global(),
-                };
-                let ttl = Duration::from_secs(config.ttl_secs);
-                Ok(Arc::new(store.connect_with_ttl(ttl)?))
-            }
+            LockConfig::Memory(config) => config.connect(),
+            #[cfg(feature = "etcd")]
             LockConfig::Etcd(config) => Ok(Arc::new(EtcdLock::connect(config).await?)),
         }
     }
@@ -160,196 +217,6 @@ impl FromStr for LockConfig {
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         LockConfig::from_url(url)
-    }
-}
-
-impl fmt::Display for LockConfig {
-    /// The URL form, which [`from_url`](LockConfig::from_url) reads back.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LockConfig::Memory(config) => {
-                write!(f, "memory://{}", config.store.as_deref().unwrap_or(""))?;
-                if config.ttl_secs != default_ttl_secs() {
-                    write!(f, "?ttl={}", config.ttl_secs)?;
-                }
-                Ok(())
-            }
-            LockConfig::Etcd(config) => {
-                write!(
-                    f,
-                    "etcd://{}/{}",
-                    config.endpoints.join(","),
-                    config.namespace
-                )?;
-                let mut params = Vec::new();
-                if config.ttl_secs != default_ttl_secs() {
-                    params.push(format!("ttl={}", config.ttl_secs));
-                }
-                if config.connect_timeout_ms != EtcdConfig::default().connect_timeout_ms {
-                    params.push(format!("connect_timeout_ms={}", config.connect_timeout_ms));
-                }
-                if let Some(user) = &config.user {
-                    params.push(format!("user={user}"));
-                }
-                if config.password.is_some() {
-                    // Never print a secret; the URL form is for logs and messages.
-                    params.push("password=***".to_owned());
-                }
-                let tls = config.tls.clone().unwrap_or_default();
-                for (key, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
-                    if let Some(path) = path {
-                        params.push(format!("{key}={}", path.display()));
-                    }
-                }
-                if !params.is_empty() {
-                    write!(f, "?{}", params.join("&"))?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-fn memory_from_url(parts: &UrlParts<'_>) -> Result<LockConfig, LockError> {
-    if parts.path.is_some_and(|path| !path.is_empty()) {
-        return Err(LockError::config(format!(
-            "memory URL {:?} has a path: use memory://STORE",
-            parts.url
-        )));
-    }
-    let mut config = MemoryConfig {
-        store: Some(parts.authority.to_owned()).filter(|name| !name.is_empty()),
-        ..MemoryConfig::default()
-    };
-    for (key, value) in parts.query()? {
-        match key {
-            "ttl" => config.ttl_secs = parse_ttl(value)?,
-            other => return Err(parts.unknown_parameter(other, "ttl")),
-        }
-    }
-    Ok(LockConfig::Memory(config))
-}
-
-fn etcd_from_url(parts: &UrlParts<'_>) -> Result<LockConfig, LockError> {
-    let endpoints: Vec<String> = parts
-        .authority
-        .split(',')
-        .map(str::trim)
-        .filter(|endpoint| !endpoint.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if endpoints.is_empty() {
-        return Err(LockError::config(format!(
-            "etcd URL {:?} names no endpoint: use etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE]",
-            parts.url
-        )));
-    }
-    let mut config = EtcdConfig {
-        endpoints,
-        namespace: parts.path.unwrap_or("").to_owned(),
-        ..EtcdConfig::default()
-    };
-    let mut tls = EtcdTls::default();
-    for (key, value) in parts.query()? {
-        match key {
-            "ttl" => config.ttl_secs = parse_ttl(value)?,
-            "connect_timeout_ms" => {
-                config.connect_timeout_ms = value.parse().map_err(|err| {
-                    LockError::config_with(
-                        format!(
-                        "connect_timeout_ms must be a whole number of milliseconds, got {value:?}"
-                    ),
-                        err,
-                    )
-                })?
-            }
-            "user" => config.user = Some(value.to_owned()),
-            "password" => config.password = Some(value.to_owned()),
-            "ca" => tls.ca = Some(value.into()),
-            "cert" => tls.cert = Some(value.into()),
-            "key" => tls.key = Some(value.into()),
-            other => {
-                return Err(parts.unknown_parameter(
-                    other,
-                    "ttl, connect_timeout_ms, user, password, ca, cert, key",
-                ))
-            }
-        }
-    }
-    if tls != EtcdTls::default() {
-        config.tls = Some(tls);
-    }
-    Ok(LockConfig::Etcd(config))
-}
-
-/// A TTL in whole seconds, greater than zero.
-fn parse_ttl(value: &str) -> Result<u64, LockError> {
-    match value.parse::<u64>() {
-        Ok(0) => Err(LockError::config("ttl must be at least 1 second, got 0")),
-        Ok(secs) => Ok(secs),
-        Err(err) => Err(LockError::config_with(
-            format!("ttl must be a whole number of seconds, got {value:?}"),
-            err,
-        )),
-    }
-}
-
-/// `scheme://authority[/path][?query]`, split without interpretation.
-struct UrlParts<'a> {
-    url: &'a str,
-    scheme: &'a str,
-    authority: &'a str,
-    path: Option<&'a str>,
-    query: Option<&'a str>,
-}
-
-impl<'a> UrlParts<'a> {
-    fn split(url: &'a str) -> Result<Self, LockError> {
-        let Some((scheme, rest)) = url.trim().split_once("://") else {
-            return Err(LockError::config(format!(
-                "{url:?} is not a locksmith URL: expected memory://… or etcd://HOST:PORT/…"
-            )));
-        };
-        let (rest, query) = match rest.split_once('?') {
-            Some((rest, query)) => (rest, Some(query)),
-            None => (rest, None),
-        };
-        let (authority, path) = match rest.split_once('/') {
-            Some((authority, path)) => (authority, Some(path)),
-            None => (rest, None),
-        };
-        Ok(UrlParts {
-            url,
-            scheme,
-            authority,
-            path,
-            query,
-        })
-    }
-
-    fn query(&self) -> Result<Vec<(&'a str, &'a str)>, LockError> {
-        let Some(query) = self.query else {
-            return Ok(Vec::new());
-        };
-        query
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                pair.split_once('=').ok_or_else(|| {
-                    LockError::config(format!(
-                        "parameter {pair:?} in {:?} has no value: write {pair}=VALUE",
-                        self.url
-                    ))
-                })
-            })
-            .collect()
-    }
-
-    fn unknown_parameter(&self, key: &str, known: &str) -> LockError {
-        LockError::config(format!(
-            "unknown parameter {key:?} in {:?}: known parameters are {known}",
-            self.url
-        ))
     }
 }
 
@@ -399,6 +266,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn etcd_urls() {
         let config =
@@ -436,6 +304,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn bad_etcd_urls_say_what_is_wrong() {
         for (url, says) in [
@@ -454,6 +323,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn etcd_from_toml_and_json() {
         let toml = LockConfig::from_toml(
@@ -471,6 +341,7 @@ mod tests {
         assert!(unknown.is_err());
     }
 
+    #[cfg(feature = "etcd")]
     #[tokio::test]
     async fn unreachable_etcd_fails_within_the_connect_timeout() {
         let config = LockConfig::from_url("etcd://127.0.0.1:1/?connect_timeout_ms=300").unwrap();
@@ -502,6 +373,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "memory")]
     #[tokio::test]
     async fn zero_ttl_from_serde_is_refused_at_connect() {
         let config = LockConfig::from_toml("backend = \"memory\"\nttl_secs = 0").unwrap();
@@ -509,6 +381,54 @@ mod tests {
             Err(LockError::InvalidConfig { .. }) => {}
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("zero TTL accepted"),
+        }
+    }
+
+    /// A TTL past the memory backend's maximum is refused at connect (it used to panic the
+    /// session's keepalive task).
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn overflowing_memory_ttl_is_refused_at_connect() {
+        let config = LockConfig::from_url("memory://?ttl=18446744073709551615").unwrap();
+        match config.connect().await {
+            Err(err @ LockError::InvalidConfig { .. }) => {
+                assert!(err.to_string().contains("too long"), "{err}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("TTL of u64::MAX seconds accepted"),
+        }
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[test]
+    fn etcd_configs_need_the_etcd_feature() {
+        let from_url = LockConfig::from_url("etcd://127.0.0.1:2379/");
+        let from_toml = LockConfig::from_toml("backend = \"etcd\"\nendpoints = [\"h:1\"]");
+        let from_json = LockConfig::from_json(r#"{"backend":"etcd","endpoints":["h:1"]}"#);
+        for result in [from_url, from_toml, from_json] {
+            match result {
+                Err(err @ LockError::InvalidConfig { .. }) => {
+                    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+                    assert!(text.contains("without the `etcd` feature"), "{text}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            LockConfig::from_toml("backend = \"memory\"").unwrap(),
+            memory(None, 10)
+        );
+    }
+
+    #[cfg(not(feature = "memory"))]
+    #[tokio::test]
+    async fn memory_configs_need_the_memory_feature() {
+        match LockConfig::default().connect().await {
+            Err(err @ LockError::InvalidConfig { .. }) => {
+                assert!(err.to_string().contains("`memory` feature"), "{err}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("connected without the memory backend"),
         }
     }
 }

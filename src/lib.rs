@@ -33,11 +33,25 @@
 //! Dropping a `lock()` future at any point withdraws it from the queue. Put a deadline on a
 //! wait with `tokio::time::timeout(d, locks.lock(name))`.
 //!
-//! # Crates
-//! This facade re-exports [`locksmith_api`] (the trait and vocabulary),
-//! [`locksmith_memory`] (the memory backend) and [`locksmith_etcd`] (the etcd backend), and
-//! adds [`LockConfig`] and the `locksmith` command-line tool.
+//! # Crates and features
+//! This facade re-exports [`locksmith_api`] (the trait and vocabulary) and, each behind a
+//! feature of the same name, the backends, and adds [`LockConfig`] and the `locksmith`
+//! command-line tool:
+//!
+//! | feature | default | what it brings |
+//! |---|---|---|
+//! | `memory` | yes | [`MemoryStore`], [`MemoryLock`], `memory://` (from `locksmith-memory`) |
+//! | `etcd` | yes | [`EtcdLock`], [`EtcdConfig`], `etcd://` (from `locksmith-etcd`; its build runs `protoc`) |
+//! | `cli` | yes | the `locksmith` binary |
+//! | `etcd-testing` | no | the real-etcd test harness `locksmith_etcd::testing` |
+//!
+//! `locksmith = { version = "0.1", default-features = false, features = ["memory"] }` builds
+//! without protoc and without the gRPC stack. A configuration naming a backend that was left
+//! out is refused with [`LockError::InvalidConfig`] ("built without the `etcd` feature"):
+//! an `etcd://` URL or a `backend = "etcd"` document when it is read, [`LockConfig::Memory`]
+//! when it is connected.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 
@@ -46,7 +60,11 @@ pub use locksmith_api::{
     async_trait, validate_name, BoxError, DistributedLock, FencingToken, LockError, LockGuard,
     LossReason, MAX_NAME_LEN,
 };
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use locksmith_etcd::{etcd_client, EtcdConfig, EtcdLock, EtcdTls};
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use locksmith_memory::{MemoryLock, MemoryStore};
 
 /// The backend-side vocabulary, for writing a backend of your own.
@@ -55,6 +73,6 @@ pub mod backend {
 }
 
 /// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "memory", feature = "etcd"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -68,3 +68,45 @@ fn bad_input_is_one_line_and_a_nonzero_exit() {
         );
     }
 }
+
+/// A password in the URL never reaches the terminal: not in a parse error, not in a connect
+/// error, not in `--help` (which would show `$LOCKSMITH_URL`).
+#[test]
+fn output_never_shows_a_password() {
+    let secret = "hunter2-Secret";
+    for url in [
+        format!("etcd://127.0.0.1:1/?user=u&password={secret}&connect_timeout_ms=300"),
+        format!("etcd://127.0.0.1:1/?user=u&password={secret}&ttl=0"),
+        format!("etcd://127.0.0.1:1/?user=u&password={secret}&colour=red"),
+        format!("etcd://u:{secret}@127.0.0.1:1/"),
+        format!("memory://?password={secret}"),
+    ] {
+        let out = locksmith()
+            .args(["--url", &url, "lock", "a"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url}");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(stderr.starts_with("locksmith: "), "{url}: {stderr}");
+        assert!(
+            !stderr.contains(secret) && !stdout.contains(secret),
+            "{stderr}{stdout}"
+        );
+    }
+    let help = locksmith()
+        .env(
+            "LOCKSMITH_URL",
+            format!("etcd://h:1/?user=u&password={secret}"),
+        )
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("LOCKSMITH_URL") && !help.contains(secret),
+        "{help}"
+    );
+}

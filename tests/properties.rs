@@ -70,6 +70,72 @@ proptest! {
     }
 }
 
+/// Credentials, namespaces and paths of any text (issue 10, finding 13): a printed config
+/// reads back to itself except for the masked password, and neither its `Debug`, its URL
+/// form nor an error about a URL carrying the password shows the password.
+#[cfg(feature = "etcd")]
+mod credentials {
+    use locksmith::{EtcdConfig, EtcdTls, LockConfig, LockError};
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    use proptest::prelude::*;
+
+    fn error_text(err: &LockError) -> String {
+        let mut text = format!("{err} {err:?}");
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause} {cause:?}"));
+            source = cause.source();
+        }
+        text
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn passwords_round_trip_masked_and_never_show(
+            secret in "\\PC{0,24}",
+            user in "\\PC{1,12}",
+            namespace in "\\PC{0,16}",
+            ca in proptest::option::of("/\\PC{1,16}"),
+        ) {
+            // A marker makes the password distinctive, so that finding it means a leak.
+            let password = format!("Zq9{secret}");
+            let config = LockConfig::Etcd(EtcdConfig {
+                namespace,
+                user: Some(user),
+                password: Some(password.clone()),
+                tls: ca.map(|ca| EtcdTls { ca: Some(ca.into()), ..EtcdTls::default() }),
+                ..EtcdConfig::new(["127.0.0.1:2379", "h:2"])
+            });
+            let shown = config.to_string();
+            let LockConfig::Etcd(mut expected) = config.clone() else { unreachable!() };
+            expected.password = Some("***".to_owned());
+            prop_assert_eq!(LockConfig::from_url(&shown).unwrap(), LockConfig::Etcd(expected));
+            for text in [&shown, &format!("{config:?}"), &format!("{config:#?}")] {
+                prop_assert!(!text.contains(&password), "{}", text);
+            }
+
+            let encoded = utf8_percent_encode(&password, NON_ALPHANUMERIC).to_string();
+            let with_password = shown.replace("password=***", &format!("password={encoded}"));
+            let LockConfig::Etcd(read) = LockConfig::from_url(&with_password).unwrap() else {
+                unreachable!()
+            };
+            prop_assert_eq!(read.password.as_deref(), Some(password.as_str()));
+            for bad in ["ttl=0", "colour=red", "ttl", "connect_timeout_ms=soon"] {
+                let url = format!("{with_password}&{bad}");
+                match LockConfig::from_url(&url) {
+                    Err(err) => {
+                        let text = error_text(&err);
+                        prop_assert!(!text.contains(&password) && !text.contains(&encoded), "{}", text);
+                    }
+                    Ok(config) => prop_assert!(false, "{url} read as {config:?}"),
+                }
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 

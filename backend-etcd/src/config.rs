@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 /// };
 /// assert_eq!(config.ttl_secs, 10);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its `Debug` never shows the password (`password: Some("***")`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
     /// `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`; at least one.
@@ -41,6 +43,27 @@ pub struct EtcdConfig {
     /// TLS settings; endpoints without a scheme then use `https://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<EtcdTls>,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Stands in for the password.
+        struct Masked;
+        impl std::fmt::Debug for Masked {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"***\"")
+            }
+        }
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| Masked))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// TLS files, in PEM.
@@ -216,6 +239,23 @@ fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>, LockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let config = EtcdConfig {
+            user: Some("alice".into()),
+            password: Some("hunter2-secret".into()),
+            ..EtcdConfig::default()
+        };
+        for shown in [format!("{config:?}"), format!("{config:#?}")] {
+            assert!(!shown.contains("hunter2-secret"), "{shown}");
+            assert!(
+                shown.contains("alice") && shown.contains("\"***\""),
+                "{shown}"
+            );
+        }
+        assert!(format!("{:?}", EtcdConfig::default()).contains("password: None"));
+    }
 
     #[test]
     fn validation_names_the_setting() {

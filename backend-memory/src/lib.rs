@@ -37,4 +37,4 @@ mod session;
 mod store;
 
 pub use session::MemoryLock;
-pub use store::{MemoryStore, DEFAULT_TTL};
+pub use store::{MemoryStore, DEFAULT_TTL, MAX_TTL};

@@ -95,6 +95,7 @@ impl MemoryLock {
 
     /// Stops the keepalive for `pause`, as a stalled process (GC pause, SIGSTOP) would. A
     /// pause longer than what is left of the TTL expires the session; a shorter one does not.
+    /// Any length is accepted: pauses of a TTL or more (up to `Duration::MAX`) all expire it.
     pub fn pause_keepalive(&self, pause: Duration) {
         // The keeper only stops after the session has ended, when pausing means nothing.
         let _ = self.session.keeper.send(pause);
@@ -169,24 +170,43 @@ async fn keep_alive(session: Weak<Session>, mut pauses: mpsc::UnboundedReceiver<
         None => return,
     };
     let mut refreshed = Instant::now();
-    let mut paused_until = refreshed;
+    // `None` is "never": an instant past the end of the clock's range. TTLs are at most
+    // `MAX_TTL` and pauses count up to one TTL, so this only matters on a clock near its end;
+    // it keeps any user-supplied duration from panicking this task.
+    let mut paused_until = Some(refreshed);
     loop {
-        let refresh_at = (refreshed + ttl / 3).max(paused_until);
+        let expires_at = refreshed.checked_add(ttl);
+        let refresh_at = latest(refreshed.checked_add(ttl / 3), paused_until);
         tokio::select! {
             biased;
             _ = ended.wait() => return,
             pause = pauses.recv() => match pause {
-                Some(pause) => paused_until = paused_until.max(Instant::now() + pause),
+                // A pause of one TTL already expires the session; longer ones change nothing.
+                Some(pause) => {
+                    paused_until = latest(paused_until, Instant::now().checked_add(pause.min(ttl)));
+                }
                 None => return,
             },
-            () = sleep_until(refreshed + ttl) => {
+            () = sleep_until_or_never(expires_at) => {
                 if let Some(session) = session.upgrade() {
                     session.end(LossReason::Expired);
                 }
                 return;
             }
-            () = sleep_until(refresh_at) => refreshed = Instant::now(),
+            () = sleep_until_or_never(refresh_at) => refreshed = Instant::now(),
         }
+    }
+}
+
+/// The later of two deadlines, where `None` is "never".
+fn latest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    a.zip(b).map(|(a, b)| a.max(b))
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -13,6 +13,10 @@ use crate::session::MemoryLock;
 /// The default session TTL, as Go's `concurrency.Session`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
+/// The longest session TTL: 9,000,000,000 s (about 285 years), the longest lease etcd grants.
+/// Longer TTLs are refused, so that deadlines stay within the range of tokio's clock.
+pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
 /// What the table records for each holder and waiter.
 #[derive(Clone)]
 pub(crate) struct HoldTag {
@@ -82,12 +86,20 @@ impl MemoryStore {
     /// lease of a paused process would.
     ///
     /// # Errors
-    /// [`LockError::InvalidConfig`] for a zero TTL or outside a tokio runtime.
+    /// [`LockError::InvalidConfig`] for a zero TTL, one longer than [`MAX_TTL`], or outside a
+    /// tokio runtime.
     pub fn connect_with_ttl(&self, ttl: Duration) -> Result<MemoryLock, LockError> {
         if ttl.is_zero() {
             return Err(LockError::config(
                 "memory session TTL must be greater than zero (the default is 10 s)",
             ));
+        }
+        if ttl > MAX_TTL {
+            return Err(LockError::config(format!(
+                "memory session TTL {} s is too long: at most {} s (the default is 10 s)",
+                ttl.as_secs(),
+                MAX_TTL.as_secs()
+            )));
         }
         let id = self.inner.last_session.fetch_add(1, Ordering::Relaxed) + 1;
         MemoryLock::start(self.clone(), id, ttl)

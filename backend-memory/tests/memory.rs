@@ -178,3 +178,48 @@ async fn handles_share_the_session_until_the_last_drops() {
         .unwrap()
         .is_some());
 }
+
+/// A TTL past the clock's range is refused at connect (it used to panic the keepalive task).
+#[tokio::test(start_paused = true)]
+async fn ttl_beyond_the_maximum_is_a_config_error() {
+    let store = MemoryStore::new();
+    for ttl in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+        locksmith_memory::MAX_TTL + Duration::from_secs(1),
+    ] {
+        match store.connect_with_ttl(ttl) {
+            Err(err @ LockError::InvalidConfig { .. }) => {
+                assert!(err.to_string().contains("at most 9000000000 s"), "{err}")
+            }
+            other => panic!("{ttl:?}: {other:?}"),
+        }
+    }
+}
+
+/// The longest TTL works: the session outlives its refreshes and expires a TTL after a pause.
+#[tokio::test(start_paused = true)]
+async fn the_maximum_ttl_keeps_and_expires_the_session() {
+    let store = MemoryStore::new();
+    let a = store.connect_with_ttl(locksmith_memory::MAX_TTL).unwrap();
+    let guard = a.lock("job").await.unwrap();
+    tokio::time::sleep(locksmith_memory::MAX_TTL / 2).await;
+    assert!(!guard.is_lost());
+    a.pause_keepalive(Duration::MAX);
+    let lost = tokio::time::timeout(locksmith_memory::MAX_TTL * 2, guard.lost()).await;
+    assert_eq!(lost, Ok(LossReason::Expired));
+}
+
+/// A pause of `Duration::MAX` expires the session after its TTL (it used to panic the
+/// keepalive task, leaving the session alive forever).
+#[tokio::test(start_paused = true)]
+async fn endless_keepalive_pause_expires_the_session() {
+    let store = MemoryStore::new();
+    let a = store.connect_with_ttl(Duration::from_secs(3)).unwrap();
+    let guard = a.lock("job").await.unwrap();
+    let started = tokio::time::Instant::now();
+    a.pause_keepalive(Duration::MAX);
+    let lost = tokio::time::timeout(Duration::from_secs(60), guard.lost()).await;
+    assert_eq!(lost, Ok(LossReason::Expired));
+    assert!(started.elapsed() <= Duration::from_secs(3));
+}

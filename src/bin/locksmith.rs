@@ -25,13 +25,16 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 )]
 struct Cli {
     /// Where the locks live: etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE][?ttl=SECS] or memory://
+    // Read as text and parsed in `main`: clap quotes a value it cannot parse, and a URL may
+    // carry a password. For the same reason `--help` does not show the environment's value.
     #[arg(
         long,
         env = "LOCKSMITH_URL",
+        hide_env_values = true,
         default_value = "memory://",
         global = true
     )]
-    url: LockConfig,
+    url: String,
 
     #[command(subcommand)]
     command: Commands,
@@ -61,7 +64,11 @@ enum Outcome {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let Commands::Lock { name, command } = cli.command;
-    let outcome = match cli.url.connect().await {
+    let connected = match LockConfig::from_url(&cli.url) {
+        Ok(config) => config.connect().await,
+        Err(err) => Err(err),
+    };
+    let outcome = match connected {
         Ok(session) => {
             let outcome = lock(&session, &name, &command).await;
             // Revoke the session before exiting: background cleanup would not outlive main.
