@@ -2,7 +2,29 @@
 //!
 //! A task owns the stream. Subscribers ask it to watch one key from a revision and hear back
 //! once: created, then deleted, or "read again" when the watch could not go on (compaction,
-//! a broken stream). Dropping a subscription cancels its watch on the stream.
+//! a broken, stalled or refused stream). Dropping a subscription cancels its watch.
+//!
+//! # Reading never waits for sending
+//! Creates, cancels and progress requests go to a sender task of their own, through an
+//! unbounded queue, so the hub task is always free to read. Were it to wait on a send while
+//! etcd waits for it to read a burst of events, HTTP/2 flow control would stall both sides for
+//! good.
+//!
+//! # A stalled member
+//! A stream through a member that stopped answering (SIGSTOP, a half-open connection) says
+//! nothing, which looks like a quiet stream. So while watches exist, a stream that has been
+//! silent for [`PROBE_AFTER`] gets a progress request, which etcd answers at once; no answer
+//! within [`PROBE_DEADLINE`] resets the stream. Every subscriber then reads again, and the
+//! next stream opens through the next endpoint, with a client of its own per endpoint (the
+//! session's balanced channel may well pick the stalled member again). The stalled endpoint is
+//! also taken out of the session's balanced channel, so that the reads that follow a reset go
+//! elsewhere, and put back once it answers again.
+//!
+//! # A refused create
+//! etcd checks a stream's auth token on every create; a simple token expires after
+//! `--auth-token-ttl` without use, so a quiet stream's creates end up refused. The hub then
+//! resets the stream and opens the next one with a fresh token. Reopening backs off while
+//! streams keep failing.
 //!
 //! # Watching "from now" on etcd
 //! etcd turns a create without a start revision into "from the revision I just read + 1" and
@@ -15,10 +37,31 @@
 //! If they differ, both stay; the twin, registered after that write, misses its delete only if
 //! yet another write races it too.
 
-use std::collections::{HashMap, VecDeque};
+mod registry;
 
-use etcd_client::{Client, EventType, WatchOptions, WatchRequestSender, WatchResponse};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
+};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::{sleep_until, Instant};
+
+use crate::config::EtcdConfig;
+use crate::retry::{attempt_timeout, Backoff};
+use registry::{Registry, Reply, Request};
+
+/// How long a stream with watches may stay silent before it is asked for progress.
+const PROBE_AFTER: Duration = Duration::from_millis(500);
+/// How long etcd may take to answer a progress request before the stream counts as stalled.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+/// How often an endpoint taken out of the balanced channel is asked whether it answers again.
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// What a subscriber hears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +84,17 @@ enum Command {
     Cancel {
         id: u64,
     },
+    /// Endpoint `index`, taken out of the balanced channel, answers again.
+    Healthy {
+        index: usize,
+    },
 }
 
 /// The handle to a session's watch task; the task ends when the last handle is dropped.
 #[derive(Clone)]
 pub(crate) struct WatchHub {
     commands: mpsc::UnboundedSender<Command>,
-    next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next_id: Arc<AtomicU64>,
 }
 
 /// One watched key; dropping it cancels the watch.
@@ -58,21 +105,25 @@ pub(crate) struct Subscription {
 }
 
 impl WatchHub {
-    /// Starts the watch task for `client` on `runtime`.
-    pub(crate) fn start(client: Client, runtime: &tokio::runtime::Handle) -> Self {
+    /// Starts the watch task of the session whose balanced client is `client`, connected with
+    /// `config`, on `runtime`.
+    pub(crate) fn start(
+        client: Client,
+        config: &EtcdConfig,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
         let (commands, requests) = mpsc::unbounded_channel();
-        runtime.spawn(run(client, requests));
+        let endpoints = Endpoints::new(client, config, commands.downgrade());
+        runtime.spawn(run(endpoints, requests));
         WatchHub {
             commands,
-            next_id: Default::default(),
+            next_id: Arc::default(),
         }
     }
 
-    /// Watches `key` for a delete at or after revision `from`.
+    /// Watches `key` for a delete at or after revision `from` (0: from now).
     pub(crate) fn watch(&self, key: &[u8], from: i64) -> Subscription {
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (notices_tx, notices) = mpsc::unbounded_channel();
         // If the task is gone the subscription hears nothing but `Reread` (see `next`).
         let _ = self.commands.send(Command::Watch {
@@ -102,211 +153,534 @@ impl Drop for Subscription {
     }
 }
 
-/// A subscriber as the task knows it.
-struct Watcher {
-    key: Vec<u8>,
-    from: i64,
-    notices: mpsc::UnboundedSender<Notice>,
-    /// The server's ids of this subscriber's watches, once created.
-    watch_ids: Vec<i64>,
-    /// The revision etcd reported when creating the first watch (watches from now only).
-    first_created_at: Option<i64>,
-    /// Creates still in flight for this subscriber.
-    in_flight: usize,
+/// One endpoint of the session: its URL and, once needed, a client of its own.
+struct Endpoint {
+    url: String,
+    client: Option<Client>,
+    /// False while it is taken out of the session's balanced channel.
+    balanced: bool,
 }
 
-/// The task's state: the stream (opened lazily), the watchers, and the creates in flight.
-struct Task {
-    client: Client,
-    sender: Option<WatchRequestSender>,
-    watchers: HashMap<u64, Watcher>,
-    /// Our ids in the order their create requests went out: etcd answers creates on one
-    /// stream in order.
-    creating: VecDeque<u64>,
-    by_watch_id: HashMap<i64, u64>,
+/// The session's endpoints, the one the stream goes through, and the session's balanced client.
+struct Endpoints {
+    session: Client,
+    options: Option<ConnectOptions>,
+    list: Vec<Endpoint>,
+    current: usize,
+    ttl: Duration,
+    /// For health checks, which must not keep the task alive.
+    commands: mpsc::WeakUnboundedSender<Command>,
 }
 
-async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut task = Task {
-        client,
-        sender: None,
-        watchers: HashMap::new(),
-        creating: VecDeque::new(),
-        by_watch_id: HashMap::new(),
-    };
-    let mut responses: Option<etcd_client::WatchResponseStream> = None;
-    loop {
-        tokio::select! {
-            command = commands.recv() => match command {
-                None => return,
-                Some(Command::Watch { id, key, from, notices }) => {
-                    let creates = if from == 0 { 2 } else { 1 };
-                    task.watchers.insert(id, Watcher {
-                        key,
-                        from,
-                        notices,
-                        watch_ids: Vec::new(),
-                        first_created_at: None,
-                        in_flight: 0,
-                    });
-                    for _ in 0..creates {
-                        if let Err(()) = task.request(id, &mut responses).await {
-                            task.reset(&mut responses);
-                            break;
+impl Endpoints {
+    fn new(
+        session: Client,
+        config: &EtcdConfig,
+        commands: mpsc::WeakUnboundedSender<Command>,
+    ) -> Self {
+        let urls = config.endpoint_urls();
+        // One endpoint: the session's own client is that endpoint's client.
+        let single = urls.len() == 1;
+        let list = urls
+            .into_iter()
+            .map(|url| Endpoint {
+                url,
+                client: single.then(|| session.clone()),
+                balanced: true,
+            })
+            .collect();
+        Endpoints {
+            // The options were accepted when the session connected; without them the hub uses
+            // the session's client for every stream.
+            options: config.connect_options().ok(),
+            session,
+            list,
+            current: 0,
+            ttl: config.ttl(),
+            commands,
+        }
+    }
+
+    /// Opens a stream through the current endpoint with its first create, refreshing the
+    /// auth token first if `refresh`; gives up after an attempt timeout.
+    fn open(&self, key: Vec<u8>, from: i64, refresh: bool) -> Opening {
+        let index = self.current;
+        let known = match self.list.get(index) {
+            Some(endpoint) => endpoint.client.clone(),
+            None => Some(self.session.clone()),
+        };
+        let url = self.list.get(index).map(|e| e.url.clone());
+        let options = self.options.clone();
+        let timeout = attempt_timeout(self.ttl);
+        let session = self.session.clone();
+        Box::pin(async move {
+            let attempt = async {
+                let client = match (known, url, options) {
+                    (Some(client), _, _) => {
+                        if refresh {
+                            client.refresh_token().await?;
                         }
+                        client
+                    }
+                    // Connecting authenticates: the token is fresh.
+                    (None, Some(url), Some(options)) => {
+                        Client::connect([url], Some(options)).await?
+                    }
+                    (None, _, _) => session,
+                };
+                let options = WatchOptions::new().with_start_revision(from);
+                let stream = client.clone().watch(key, Some(options)).await?;
+                Ok::<_, etcd_client::Error>((client, stream.split()))
+            };
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok((client, (sender, responses)))) => Opened {
+                    index,
+                    client: Some(client),
+                    stream: Some((sender, responses)),
+                },
+                Ok(Err(err)) => {
+                    tracing::debug!(%err, "etcd watch stream did not open");
+                    Opened {
+                        index,
+                        client: None,
+                        stream: None,
                     }
                 }
-                Some(Command::Cancel { id }) => task.cancel(id).await,
-            },
-            reply = next_response(&mut responses) => match reply {
-                Some(reply) => task.dispatch(reply).await,
-                None => task.reset(&mut responses),
-            },
+                Err(_) => {
+                    tracing::debug!("etcd watch stream did not open in time");
+                    Opened {
+                        index,
+                        client: None,
+                        stream: None,
+                    }
+                }
+            }
+        })
+    }
+
+    /// Keeps the client an opening connected.
+    fn remember(&mut self, index: usize, client: Client) {
+        if let Some(endpoint) = self.list.get_mut(index) {
+            endpoint.client.get_or_insert(client);
+        }
+    }
+
+    /// The next stream goes through the next endpoint.
+    fn rotate(&mut self) {
+        if !self.list.is_empty() {
+            self.current = (self.current + 1) % self.list.len();
+        }
+    }
+
+    /// Endpoint `index` stopped answering: takes it out of the session's balanced channel
+    /// (never the last one) until a health check finds it answering again.
+    async fn suspect(&mut self, index: usize) {
+        let balanced = self.list.iter().filter(|e| e.balanced).count();
+        let Some(endpoint) = self.list.get_mut(index) else {
+            return;
+        };
+        if !endpoint.balanced || balanced < 2 {
+            return;
+        }
+        if self.session.remove_endpoint(&endpoint.url).await.is_err() {
+            return;
+        }
+        tracing::warn!(endpoint = %endpoint.url, "etcd member does not answer; avoiding it");
+        endpoint.balanced = false;
+        tokio::spawn(health_check(
+            self.commands.clone(),
+            index,
+            endpoint.url.clone(),
+            endpoint.client.clone(),
+            self.options.clone(),
+        ));
+    }
+
+    /// Endpoint `index` answers again: back into the balanced channel.
+    async fn restore(&mut self, index: usize) {
+        if let Some(endpoint) = self.list.get_mut(index) {
+            if !endpoint.balanced && self.session.add_endpoint(&endpoint.url).await.is_ok() {
+                tracing::info!(endpoint = %endpoint.url, "etcd member answers again");
+                endpoint.balanced = true;
+            }
         }
     }
 }
 
-async fn next_response(
-    responses: &mut Option<etcd_client::WatchResponseStream>,
-) -> Option<WatchResponse> {
-    match responses {
-        Some(stream) => stream.message().await.ok().flatten(),
+/// Asks a suspected endpoint for its status every [`HEALTH_CHECK_EVERY`] until it answers,
+/// then tells the hub; ends with the hub.
+async fn health_check(
+    commands: mpsc::WeakUnboundedSender<Command>,
+    index: usize,
+    url: String,
+    client: Option<Client>,
+    options: Option<ConnectOptions>,
+) {
+    let mut client = client;
+    loop {
+        tokio::time::sleep(HEALTH_CHECK_EVERY).await;
+        if commands.upgrade().is_none() {
+            return;
+        }
+        let probe = async {
+            let mut probed = match client.take() {
+                Some(known) => known,
+                None => Client::connect([url.as_str()], options.clone()).await?,
+            };
+            let status = probed.status().await;
+            client = Some(probed);
+            status
+        };
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_DEADLINE, probe).await {
+            if let Some(commands) = commands.upgrade() {
+                let _ = commands.send(Command::Healthy { index });
+            }
+            return;
+        }
+    }
+}
+
+/// A stream being opened.
+type Opening = Pin<Box<dyn Future<Output = Opened> + Send>>;
+
+/// How opening a stream went.
+struct Opened {
+    index: usize,
+    /// The endpoint's client, to keep.
+    client: Option<Client>,
+    stream: Option<(WatchRequestSender, WatchResponseStream)>,
+}
+
+/// An open stream.
+struct Live {
+    /// The sender task's queue.
+    outgoing: mpsc::UnboundedSender<Request>,
+    sender_task: AbortHandle,
+    responses: WatchResponseStream,
+    /// When the stream last said anything.
+    last_heard: Instant,
+    /// When an unanswered progress request makes the stream count as stalled.
+    probe_deadline: Option<Instant>,
+}
+
+impl Live {
+    fn new(sender: WatchRequestSender, responses: WatchResponseStream) -> Self {
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        let sender_task = tokio::spawn(send_requests(sender, queue)).abort_handle();
+        Live {
+            outgoing,
+            sender_task,
+            responses,
+            last_heard: Instant::now(),
+            probe_deadline: None,
+        }
+    }
+
+    /// When the liveness check is due: the probe's deadline, or the moment to send one.
+    fn check_at(&self) -> Instant {
+        self.probe_deadline.unwrap_or(self.last_heard + PROBE_AFTER)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.sender_task.abort();
+    }
+}
+
+/// Sends the hub's requests on the stream, in order, until the stream or the hub goes.
+async fn send_requests(
+    mut sender: WatchRequestSender,
+    mut queue: mpsc::UnboundedReceiver<Request>,
+) {
+    while let Some(request) = queue.recv().await {
+        let sent = match request {
+            Request::Create { key, from } => {
+                let options = WatchOptions::new().with_start_revision(from);
+                sender.watch(key, Some(options)).await
+            }
+            Request::Cancel { watch_id } => sender.cancel(watch_id).await,
+            Request::Progress => sender.request_progress().await,
+        };
+        if sent.is_err() {
+            // The stream is gone; the hub learns it from the response side.
+            return;
+        }
+    }
+}
+
+/// Why a stream is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// It broke or did not open: try the next endpoint.
+    Broken,
+    /// It did not answer a progress request: the member is suspect.
+    Stalled,
+    /// etcd refused a create on it: open the next one with a fresh token.
+    Refused,
+}
+
+/// The hub task's state.
+struct Hub {
+    endpoints: Endpoints,
+    registry: Registry,
+    live: Option<Live>,
+    opening: Option<Opening>,
+    /// Refresh the auth token before opening the next stream.
+    refresh: bool,
+    /// No stream opens before then (backoff after failures).
+    reopen_at: Instant,
+    backoff: Backoff,
+}
+
+async fn run(endpoints: Endpoints, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut hub = Hub {
+        endpoints,
+        registry: Registry::default(),
+        live: None,
+        opening: None,
+        refresh: false,
+        reopen_at: Instant::now(),
+        backoff: Backoff::default(),
+    };
+    loop {
+        hub.flush();
+        let wants_stream = hub.live.is_none() && hub.opening.is_none() && !hub.registry.is_idle();
+        let check_at = hub
+            .live
+            .as_ref()
+            .filter(|_| !hub.registry.is_idle())
+            .map(Live::check_at);
+        tokio::select! {
+            biased;
+            reply = next_reply(&mut hub.live) => match reply {
+                Some(reply) => hub.reply(&reply).await,
+                None => hub.fail(Failure::Broken).await,
+            },
+            opened = poll_opening(&mut hub.opening) => hub.opened(opened).await,
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::Watch { id, key, from, notices }) => {
+                    hub.registry.subscribe(id, key, from, notices);
+                }
+                Some(Command::Cancel { id }) => hub.registry.unsubscribe(id),
+                Some(Command::Healthy { index }) => hub.endpoints.restore(index).await,
+            },
+            () = sleep_until(hub.reopen_at), if wants_stream => hub.open(),
+            () = sleep_until(check_at.unwrap_or(hub.reopen_at)), if check_at.is_some() => {
+                hub.check_liveness().await;
+            }
+        }
+    }
+}
+
+async fn next_reply(live: &mut Option<Live>) -> Option<WatchResponse> {
+    match live {
+        Some(live) => match live.responses.message().await {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::debug!(%err, "etcd watch stream failed");
+                None
+            }
+        },
         None => std::future::pending().await,
     }
 }
 
-impl Task {
-    /// Sends the create request for watcher `id`, opening the stream if there is none.
-    async fn request(
-        &mut self,
-        id: u64,
-        responses: &mut Option<etcd_client::WatchResponseStream>,
-    ) -> Result<(), ()> {
-        let Some(watcher) = self.watchers.get_mut(&id) else {
-            return Ok(());
-        };
-        let options = WatchOptions::new().with_start_revision(watcher.from);
-        let key = watcher.key.clone();
-        watcher.in_flight += 1;
-        self.creating.push_back(id);
-        match &mut self.sender {
-            Some(sender) => sender.watch(key, Some(options)).await.map_err(drop),
-            None => {
-                let stream = self.client.watch(key, Some(options)).await.map_err(drop)?;
-                let (sender, receiver) = stream.split();
-                self.sender = Some(sender);
-                *responses = Some(receiver);
-                Ok(())
-            }
+async fn poll_opening(opening: &mut Option<Opening>) -> Opened {
+    match opening {
+        Some(future) => {
+            let opened = future.await;
+            *opening = None;
+            opened
         }
+        None => std::future::pending().await,
     }
+}
 
-    async fn cancel(&mut self, id: u64) {
-        let Some(watcher) = self.watchers.remove(&id) else {
+impl Hub {
+    /// Hands the registry's requests to the sender task (they wait while a stream opens).
+    fn flush(&mut self) {
+        let Some(live) = &self.live else {
             return;
         };
-        self.cancel_watches(&watcher.watch_ids).await;
-        // A create still in flight is cancelled when its answer arrives.
-    }
-
-    /// Cancels server watches that nobody needs any more.
-    async fn cancel_watches(&mut self, watch_ids: &[i64]) {
-        for watch_id in watch_ids {
-            self.by_watch_id.remove(watch_id);
-            if let Some(sender) = &mut self.sender {
-                let _ = sender.cancel(*watch_id).await;
+        while let Some(request) = self.registry.next_request() {
+            if live.outgoing.send(request).is_err() {
+                // The sender task ended: the response side reports the broken stream.
+                return;
             }
         }
     }
 
-    async fn dispatch(&mut self, reply: WatchResponse) {
-        let watch_id = reply.watch_id();
-        if reply.created() {
-            self.created(watch_id, &reply).await;
-            return;
-        }
-        let Some(&id) = self.by_watch_id.get(&watch_id) else {
-            return;
-        };
-        if reply.canceled() || reply.compact_revision() > 0 {
-            self.by_watch_id.remove(&watch_id);
-            self.end_watch(id, watch_id);
-        } else if reply
-            .events()
-            .iter()
-            .any(|event| event.event_type() == EventType::Delete)
-        {
-            self.by_watch_id.remove(&watch_id);
-            if let Some(watcher) = self.finish(id, Notice::Deleted) {
-                self.cancel_watches(&watcher.watch_ids).await;
+    /// Opens a stream with the first create waiting.
+    fn open(&mut self) {
+        // Only creates wait while no stream is open; anything else was for a gone stream.
+        while let Some(request) = self.registry.next_request() {
+            if let Request::Create { key, from } = request {
+                self.opening = Some(self.endpoints.open(key, from, self.refresh));
+                self.refresh = false;
+                return;
             }
+        }
+        // Nothing to create: nobody can be waiting on a stream that will not open.
+        self.registry.reset();
+    }
+
+    async fn opened(&mut self, opened: Opened) {
+        if let Some(client) = opened.client {
+            self.endpoints.remember(opened.index, client);
+        }
+        match opened.stream {
+            Some((sender, responses)) => self.live = Some(Live::new(sender, responses)),
+            None => self.fail(Failure::Broken).await,
         }
     }
 
-    /// The answer to the oldest create in flight.
-    async fn created(&mut self, watch_id: i64, reply: &WatchResponse) {
-        let Some(id) = self.creating.pop_front() else {
-            return;
-        };
-        let revision = reply.header().map_or(0, |h| h.revision());
-        let Some(watcher) = self.watchers.get_mut(&id) else {
-            // Its subscriber left while the create was in flight.
-            self.cancel_watches(&[watch_id]).await;
-            return;
-        };
-        watcher.in_flight = watcher.in_flight.saturating_sub(1);
-        if reply.canceled() {
-            if watcher.watch_ids.is_empty() && watcher.in_flight == 0 {
-                self.finish(id, Notice::Reread);
-            }
-            return;
+    async fn reply(&mut self, reply: &WatchResponse) {
+        let reply = Reply::from(reply);
+        if let Some(live) = &mut self.live {
+            live.last_heard = Instant::now();
+            live.probe_deadline = None;
         }
-        match watcher.first_created_at {
-            // The twin of a watch that is known to be synced (see the module docs).
-            Some(first) if first == revision => {
-                self.cancel_watches(&[watch_id]).await;
-            }
-            Some(_) => {
-                watcher.watch_ids.push(watch_id);
-                self.by_watch_id.insert(watch_id, id);
-            }
-            None => {
-                watcher.first_created_at = Some(revision);
-                watcher.watch_ids.push(watch_id);
-                self.by_watch_id.insert(watch_id, id);
-                let _ = watcher.notices.send(Notice::Created);
-            }
+        if reply.created && !reply.canceled {
+            self.backoff.reset();
+        }
+        if self.registry.reply(reply) {
+            self.fail(Failure::Refused).await;
         }
     }
 
-    /// One of watcher `id`'s watches ended without a delete: the subscriber reads again once
-    /// none is left.
-    fn end_watch(&mut self, id: u64, watch_id: i64) {
-        let Some(watcher) = self.watchers.get_mut(&id) else {
+    /// Sends a progress request to a silent stream, or gives up a stream that did not answer.
+    async fn check_liveness(&mut self) {
+        let Some(live) = &mut self.live else {
             return;
         };
-        watcher.watch_ids.retain(|w| *w != watch_id);
-        if watcher.watch_ids.is_empty() && watcher.in_flight == 0 {
-            self.finish(id, Notice::Reread);
+        let now = Instant::now();
+        match live.probe_deadline {
+            Some(deadline) if now >= deadline => self.fail(Failure::Stalled).await,
+            Some(_) => {}
+            None if now >= live.last_heard + PROBE_AFTER => {
+                live.probe_deadline = Some(now + PROBE_DEADLINE);
+                self.registry.request_progress();
+            }
+            None => {}
         }
     }
 
-    /// Tells watcher `id` how its watch ended and forgets it; returns it so that its other
-    /// watches can be cancelled.
-    fn finish(&mut self, id: u64, notice: Notice) -> Option<Watcher> {
-        let watcher = self.watchers.remove(&id)?;
-        let _ = watcher.notices.send(notice);
-        Some(watcher)
+    /// Gives the stream up: every subscriber reads again, and the next stream opens after a
+    /// pause, through the next endpoint unless only the token was stale.
+    async fn fail(&mut self, failure: Failure) {
+        tracing::debug!(?failure, "etcd watch stream reset");
+        self.live = None;
+        self.opening = None;
+        self.registry.reset();
+        match failure {
+            Failure::Refused => self.refresh = true,
+            Failure::Stalled => {
+                self.endpoints.suspect(self.endpoints.current).await;
+                self.endpoints.rotate();
+            }
+            Failure::Broken => self.endpoints.rotate(),
+        }
+        self.reopen_at = Instant::now() + self.backoff.next_delay();
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::EtcdServer;
+    use etcd_client::{Txn, TxnOp};
+
+    const GUARD: Duration = Duration::from_secs(90);
+
+    async fn next_within(subscription: &mut Subscription) -> Notice {
+        match tokio::time::timeout(GUARD, subscription.next()).await {
+            Ok(notice) => notice,
+            Err(_) => panic!("no notice within {GUARD:?}"),
+        }
     }
 
-    /// The stream broke: every watcher reads again, and the next watch opens a new stream.
-    fn reset(&mut self, responses: &mut Option<etcd_client::WatchResponseStream>) {
-        self.sender = None;
-        *responses = None;
-        self.creating.clear();
-        self.by_watch_id.clear();
-        for (_, watcher) in self.watchers.drain() {
-            let _ = watcher.notices.send(Notice::Reread);
+    /// Issue 10, finding 10: a burst of events on watched keys (80 MB: 100 watches on each of
+    /// 10 keys, 8 KB puts) while tens of thousands of creates and cancels go out on the same
+    /// stream. Every watch still hears its delete: the hub never stops reading to send.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_events_during_creates_and_cancels_does_not_stall_the_stream() {
+        const KEYS: usize = 10;
+        const PER_KEY: usize = 100;
+        const ROUNDS: usize = 10;
+        const CHURN: usize = 20_000;
+        let server = EtcdServer::start().expect("etcd");
+        let config = EtcdConfig::new([server.endpoint()]);
+        let client = Client::connect([server.client_url()], None)
+            .await
+            .expect("connect");
+        let hub = WatchHub::start(client.clone(), &config, &tokio::runtime::Handle::current());
+        let keys: Vec<Vec<u8>> = (0..KEYS)
+            .map(|i| format!("burst/{i:04}").into_bytes())
+            .collect();
+        let mut writer = client.clone();
+        let start = writer.put("burst/start", "", None).await.expect("put");
+        let from = start.header().map_or(1, |h| h.revision()) + 1;
+        let mut watched: Vec<Subscription> = (0..KEYS * PER_KEY)
+            .map(|i| hub.watch(&keys[i % KEYS], from))
+            .collect();
+        for subscription in &mut watched {
+            assert_eq!(next_within(subscription).await, Notice::Created);
         }
+
+        let value = vec![b'x'; 8 * 1024];
+        let burst = {
+            let (keys, mut writer) = (keys.clone(), client.clone());
+            tokio::spawn(async move {
+                for _ in 0..ROUNDS {
+                    let puts: Vec<TxnOp> = keys
+                        .iter()
+                        .map(|k| TxnOp::put(k.clone(), value.clone(), None))
+                        .collect();
+                    writer.txn(Txn::new().and_then(puts)).await.expect("txn");
+                }
+            })
+        };
+        // Meanwhile: tens of thousands of creates (twins: from now), then as many cancels.
+        let churn = {
+            let (hub, keys) = (hub.clone(), keys.clone());
+            tokio::spawn(async move {
+                let mut batch: Vec<Subscription> =
+                    (0..CHURN).map(|i| hub.watch(&keys[i % KEYS], 0)).collect();
+                let mut last = batch.pop().expect("not empty");
+                assert_eq!(next_within(&mut last).await, Notice::Created);
+            })
+        };
+        tokio::time::timeout(GUARD, burst)
+            .await
+            .expect("the writer finished")
+            .expect("writer");
+        tokio::time::timeout(GUARD, churn)
+            .await
+            .expect("the churn finished")
+            .expect("churn");
+        for chunk in keys.chunks(KEYS) {
+            let deletes: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::delete(k.clone(), None))
+                .collect();
+            writer
+                .txn(Txn::new().and_then(deletes))
+                .await
+                .expect("delete");
+        }
+        // Every watch ends: with its delete, or with `Reread` where the burst of small replies
+        // outran h2's budget for unread DATA frames (h2 then closes the connection).
+        for subscription in &mut watched {
+            let notice = next_within(subscription).await;
+            assert_ne!(notice, Notice::Created);
+        }
+        // And the hub still serves watches.
+        writer.put("burst/after", "", None).await.expect("put");
+        let mut after = hub.watch(b"burst/after", 0);
+        assert_eq!(next_within(&mut after).await, Notice::Created);
+        writer.delete("burst/after", None).await.expect("delete");
+        assert_eq!(next_within(&mut after).await, Notice::Deleted);
     }
 }

@@ -93,7 +93,7 @@ impl Session {
         ));
         Ok(Arc::new(Session {
             link: Arc::new(Link {
-                watches: WatchHub::start(client.clone(), &runtime),
+                watches: WatchHub::start(client.clone(), config, &runtime),
                 client,
                 lease_id,
                 ttl,
