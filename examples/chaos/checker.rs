@@ -17,6 +17,7 @@ pub struct Verdict {
     pub stale_accepted: usize,
     pub writes_rejected: usize,
     pub unfenced_after_end: usize,
+    /// Each with its kind first: `no progress`, `long wait`, `after kill`, `after cancel`.
     pub stuck: Vec<String>,
     pub token_regressions: Vec<String>,
     pub holds_lost: Vec<String>,
@@ -108,10 +109,21 @@ fn fault<'a>(events: &'a [Event], kind: &'a str) -> impl Iterator<Item = &'a Eve
 pub fn check(events: &[Event], ttl_us: u64, end_us: u64) -> Verdict {
     let holds = holds(events, ttl_us, end_us);
     let (stale_accepted, writes_rejected) = fenced_writes(events);
-    let mut stuck = stuck_after_kill(events, &holds, ttl_us, end_us);
-    stuck.extend(stuck_after_cancel(events, &holds, ttl_us, end_us));
-    stuck.extend(long_waits(events));
-    stuck.extend(idle_clients(events, end_us));
+    let stuck = [
+        ("no progress", idle_clients(events, end_us)),
+        ("long wait", long_waits(events)),
+        (
+            "after kill",
+            stuck_after_kill(events, &holds, ttl_us, end_us),
+        ),
+        (
+            "after cancel",
+            stuck_after_cancel(events, &holds, ttl_us, end_us),
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(kind, list)| list.into_iter().map(move |line| format!("{kind}: {line}")))
+    .collect();
     Verdict {
         ops: holds.len(),
         faults: count_faults(events),

@@ -197,6 +197,14 @@ fn report(verdict: &Verdict, orphans: usize, panics: usize) {
     for (message, count) in errors.iter().take(EXAMPLES) {
         println!("client errors: {count} x {message}");
     }
+    let mut stuck_kinds: std::collections::HashMap<String, usize> = Default::default();
+    for line in &verdict.stuck {
+        let kind = line.split(':').next().unwrap_or_default();
+        *stuck_kinds.entry(kind.to_owned()).or_default() += 1;
+    }
+    if !stuck_kinds.is_empty() {
+        println!("stuck by kind: {:?}", sorted(&stuck_kinds));
+    }
     for (label, list) in [
         ("overlap", &verdict.overlaps),
         ("stuck", &verdict.stuck),
