@@ -12,7 +12,7 @@ use locksmith::{DistributedLock, EtcdConfig, EtcdLock, LockError, LockGuard};
 use rand::Rng;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::log::{Event, Log};
+use crate::log::{now_us, Event, Log};
 
 pub const NAMESPACE: &str = "chaos/locks/";
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
@@ -423,14 +423,17 @@ impl<'a> Round<'a> {
     }
 
     /// Logs the loss of the hold with `token`, with what etcd says of the lease right after.
+    /// The event is stamped when the loss was seen, not when etcd answered the query.
     async fn lost(&mut self, token: u64, detail: String) {
+        let seen = now_us();
         let lease_ttl = lease_ttl(self.session).await;
-        self.log.write(Event {
+        let event = Event {
             token,
             detail,
             lease_ttl,
             ..self.event("lost")
-        });
+        };
+        self.log.write_at(seen, event);
     }
 }
 
