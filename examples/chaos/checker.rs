@@ -84,6 +84,8 @@ pub struct Hold {
     /// TTL: the lease's last keepalive may be up to TTL/3 old when the pause starts).
     pub end: u64,
     pub ending: Ending,
+    /// When the client began to release it (`releasing`).
+    pub releasing: Option<u64>,
     /// The `lost` event, if the client reported one.
     pub lost: Option<Event>,
 }
@@ -240,6 +242,7 @@ pub fn holds(events: &[Event], ttl_us: u64, end_us: u64) -> Vec<Hold> {
                         start: e.t,
                         end: end_us,
                         ending: Ending::Open,
+                        releasing: None,
                         lost: None,
                     });
                 }
@@ -263,6 +266,7 @@ fn note_ending(hold: &mut Hold, e: &Event) {
     match e.event.as_str() {
         "releasing" => {
             hold.end = hold.end.min(e.t);
+            hold.releasing = Some(e.t);
             if e.detail == "drop" {
                 hold.ending = Ending::Dropped;
             }
@@ -561,8 +565,9 @@ fn idle_clients(events: &[Event], end_us: u64) -> Vec<String> {
     found
 }
 
-/// Holds lost while their lease should have been alive: the client reported the loss and
-/// nothing the orchestrator did explains it.
+/// Holds lost while their lease should have been alive: the client reported the loss (while
+/// holding, or as the answer of its unlock: an unlock that hangs until the lease is gone is a
+/// session lost all the same) and nothing the orchestrator did explains it.
 ///
 /// What "targeted" the hold, and so explains its loss (faults from TTL + 1 s before its
 /// attempt up to the loss):
@@ -590,8 +595,15 @@ fn holds_lost(events: &[Event], holds: &[Hold], ttl_us: u64, end_us: u64) -> Vec
             Some(_) => "lease gone".to_owned(),
             None => "lease state unknown".to_owned(),
         };
+        let seen = match hold.releasing {
+            Some(t) if t <= lost.t => format!(
+                "reported by an unlock that began {} ms earlier",
+                (lost.t - t) / 1_000
+            ),
+            _ => "seen while held".to_owned(),
+        };
         let mut line = format!(
-            "{} lost {} (token {}, held from {}) at {}: {}; {lease}",
+            "{} lost {} (token {}, held from {}) at {} ({seen}): {}; {lease}",
             hold.who, hold.name, hold.token, hold.start, lost.t, lost.detail
         );
         if let Some(previous) = previous_pending_release(holds, i) {

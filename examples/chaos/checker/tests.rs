@@ -172,6 +172,7 @@ fn a_relock_that_reuses_the_token_of_a_cancelled_unlock_is_caught() {
     assert!(verdict.token_regressions[0].contains("same session"));
     assert_eq!(verdict.holds_lost.len(), 1, "{verdict:?}");
     assert!(verdict.holds_lost[0].contains("lease alive"));
+    assert!(verdict.holds_lost[0].contains("seen while held"));
     assert!(verdict.holds_lost[0].contains("Cancelled"));
 }
 
@@ -268,4 +269,20 @@ fn a_member_fault_under_way_extends_the_wait_after_a_cancellation() {
     ];
     let verdict = check(&events, TTL, 20_000_000);
     assert!(verdict.stuck.is_empty(), "{:?}", verdict.stuck);
+}
+
+#[test]
+fn a_loss_reported_by_a_hanging_unlock_counts() {
+    let events = vec![
+        attempt(5, "c1", "a", "lock"),
+        event(10, "c1", "acquired", "a", 5),
+        fault(15, "stall_follower", "m2"),
+        event(20, "c1", "releasing", "a", 5),
+        fault(3_500_000, "cont_member", "m2"),
+        lost(3_500_020, "c1", 5, -1),
+    ];
+    let verdict = check(&events, TTL, 10_000_000);
+    assert_eq!(verdict.holds_lost.len(), 1, "{:?}", verdict.holds_lost);
+    assert!(verdict.holds_lost[0].contains("reported by an unlock that began 3500 ms earlier"));
+    assert!(verdict.overlaps.is_empty());
 }
