@@ -1,7 +1,7 @@
 # locksmith: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: demo test deps fmt lint fresh-build unit doc chaos chaos-short
+.PHONY: demo test deps fmt lint fresh-build unit doc chaos chaos-plain chaos-auth chaos-short
 
 # The three-client demo on the embedded memory backend: builds only the memory backend, so it
 # needs no protoc and no etcd.
@@ -39,11 +39,17 @@ unit:
 doc:
 	$(CARGO) test --workspace --doc --all-features
 
-# The chaos run: client processes against a 3-member etcd cluster under random faults,
-# with a checked history (CHAOS_SECS, default 300). Exits 0 only on a clean verdict.
-chaos: deps
-	$(CARGO) run --release --example chaos --features etcd-testing -- --secs $${CHAOS_SECS:-300}
+# The chaos runs: client processes against a 3-member etcd cluster under random faults,
+# with a checked history (CHAOS_SECS each, default 300): once plain, once with etcd auth on
+# and a 2-second auth token TTL. Each exits 0 only on a clean verdict.
+chaos: chaos-plain chaos-auth
+
+chaos-plain: deps
+	CHAOS_AUTH= $(CARGO) run --release --example chaos --features etcd-testing -- --secs $${CHAOS_SECS:-300}
+
+chaos-auth: deps
+	$(CARGO) run --release --example chaos --features etcd-testing -- --secs $${CHAOS_SECS:-300} --auth
 
 # The 60-second chaos run of `make test` (debug build, already built by `unit`).
 chaos-short:
-	$(CARGO) run --example chaos --features etcd-testing -- --secs 60
+	CHAOS_AUTH= $(CARGO) run --example chaos --features etcd-testing -- --secs 60

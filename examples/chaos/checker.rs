@@ -1,8 +1,12 @@
-//! Reads the chaos logs and judges the run.
+//! Reads the chaos logs and judges the run: [`check`] runs one function per check over the
+//! holds that [`holds`] reconstructs from every process's log.
 
 use std::collections::HashMap;
 
 use crate::log::Event;
+
+#[cfg(test)]
+mod tests;
 
 /// What the checker found.
 #[derive(Default, Debug)]
@@ -12,97 +16,391 @@ pub struct Verdict {
     pub overlaps: Vec<String>,
     pub stale_accepted: usize,
     pub writes_rejected: usize,
-    pub unfenced_after_loss: usize,
+    pub unfenced_after_end: usize,
+    /// Each with its kind first: `no progress`, `long wait`, `after kill`, `after cancel`.
     pub stuck: Vec<String>,
+    pub token_regressions: Vec<String>,
+    pub holds_lost: Vec<String>,
+    /// Every hold loss with its reason, the unexcused ones included (context only).
+    pub losses: usize,
+    pub cancelled: HashMap<String, usize>,
+    /// Client errors by message (ids and numbers masked).
+    pub errors: HashMap<String, usize>,
+}
+
+impl Verdict {
+    /// True when every failure count is 0.
+    pub fn clean(&self) -> bool {
+        self.overlaps.is_empty()
+            && self.stale_accepted == 0
+            && self.stuck.is_empty()
+            && self.token_regressions.is_empty()
+            && self.holds_lost.is_empty()
+    }
+}
+
+/// Member faults: each stops one member until its `restart_member` or `cont_member`.
+const MEMBER_FAULTS: [&str; 5] = [
+    "kill_member",
+    "kill_leader",
+    "stop_member",
+    "stop_leader",
+    "stall_follower",
+];
+/// Member faults that stop the leader: an election, during which no keepalive is answered.
+const LEADER_FAULTS: [&str; 2] = ["kill_leader", "stop_leader"];
+/// A client that neither acquires nor finds a lock busy for this long is stuck.
+const IDLE_LIMIT_US: u64 = 20_000_000;
+
+/// How a hold ended, as its client logged it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// Not logged: the process was killed or the run ended first.
+    Open,
+    /// `unlock` returned `Ok`.
+    Released,
+    /// The guard was dropped: the release runs in the background.
+    Dropped,
+    /// `unlock`'s future was dropped at this time; the release runs in the background.
+    Cancelled(u64),
+    /// `unlock` failed with an error other than a loss at this time.
+    Failed(u64),
+    /// Reported lost (while held or by `unlock`).
+    Lost,
 }
 
 /// One hold: from `acquired` to the end of its live interval.
 #[derive(Debug)]
-struct Hold {
-    who: String,
-    name: String,
-    token: u64,
-    start: u64,
-    end: u64,
+pub struct Hold {
+    pub who: String,
+    pub name: String,
+    pub lease: String,
+    pub token: u64,
+    /// When the attempt that took it began (faults from then on can touch it).
+    pub attempt: u64,
+    pub start: u64,
+    /// The end of the client's live interval: the first of its `releasing` or `lost`, the kill
+    /// of its process, the deletion of its key, and a pause of its process (plus 2/3 of the
+    /// TTL: the lease's last keepalive may be up to TTL/3 old when the pause starts).
+    pub end: u64,
+    pub ending: Ending,
+    /// When the client began to release it (`releasing`).
+    pub releasing: Option<u64>,
+    /// The `lost` event, if the client reported one.
+    pub lost: Option<Event>,
+}
+
+impl Hold {
+    /// False for a hold whose interval was cut before its `acquired` was logged (its client
+    /// was paused or its key deleted in between): it was never a live owner here.
+    fn was_live(&self) -> bool {
+        self.end > self.start
+    }
+}
+
+fn faults<'a>(events: &'a [Event]) -> impl Iterator<Item = &'a Event> + 'a {
+    events.iter().filter(|e| e.event == "fault")
 }
 
 fn fault<'a>(events: &'a [Event], kind: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
-    events
-        .iter()
-        .filter(move |e| e.event == "fault" && e.detail == kind)
+    faults(events).filter(move |e| e.detail == kind)
 }
 
 /// Judges `events` (every log, in time order) of a run that ended at `end_us`, with sessions
 /// of `ttl_us`.
 pub fn check(events: &[Event], ttl_us: u64, end_us: u64) -> Verdict {
-    let mut verdict = Verdict::default();
-    for e in events.iter().filter(|e| e.event == "fault") {
-        *verdict.faults.entry(e.detail.clone()).or_default() += 1;
-    }
-    verdict.faults.remove("cont_member");
-    verdict.faults.remove("cont_client");
-    verdict.faults.remove("restart_member");
-
     let holds = holds(events, ttl_us, end_us);
-    verdict.ops = holds.len();
-
-    // Two holds of one name whose live intervals overlap: two live owners at once.
-    let mut by_name: HashMap<&str, Vec<&Hold>> = HashMap::new();
-    for hold in &holds {
-        by_name.entry(hold.name.as_str()).or_default().push(hold);
+    let (stale_accepted, writes_rejected) = fenced_writes(events);
+    let stuck = [
+        ("no progress", idle_clients(events, end_us)),
+        ("long wait", long_waits(events)),
+        (
+            "after kill",
+            stuck_after_kill(events, &holds, ttl_us, end_us),
+        ),
+        (
+            "after cancel",
+            stuck_after_cancel(events, &holds, ttl_us, end_us),
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(kind, list)| list.into_iter().map(move |line| format!("{kind}: {line}")))
+    .collect();
+    Verdict {
+        ops: holds.len(),
+        faults: count_faults(events),
+        overlaps: overlaps(&holds),
+        stale_accepted,
+        writes_rejected,
+        unfenced_after_end: unfenced_after_end(events, &holds),
+        stuck,
+        token_regressions: token_regressions(&holds),
+        holds_lost: holds_lost(events, &holds, ttl_us, end_us),
+        losses: holds.iter().filter(|h| h.lost.is_some()).count(),
+        cancelled: count_by(events, "cancelled", |e| e.detail.clone()),
+        errors: count_by(events, "error", |e| mask_numbers(&e.detail)),
     }
-    for list in by_name.values_mut() {
-        list.sort_by_key(|h| h.start);
+}
+
+/// Faults by kind; recoveries are part of their fault.
+fn count_faults(events: &[Event]) -> HashMap<String, usize> {
+    let mut counts = count_by(events, "fault", |e| e.detail.clone());
+    for recovery in ["cont_member", "cont_client", "restart_member"] {
+        counts.remove(recovery);
+    }
+    counts
+}
+
+fn count_by(
+    events: &[Event],
+    kind: &str,
+    key: impl Fn(&Event) -> String,
+) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for e in events.iter().filter(|e| e.event == kind) {
+        *counts.entry(key(e)).or_default() += 1;
+    }
+    counts
+}
+
+/// `lease 7587ab` and `after 1.5s` become `lease #` and `after #.#s`: one entry per kind.
+fn mask_numbers(message: &str) -> String {
+    let mut masked = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, masked: &mut String| {
+        let hex_id =
+            word.chars().any(|c| c.is_ascii_digit()) && word.chars().all(|c| c.is_ascii_hexdigit());
+        if hex_id {
+            masked.push('#');
+        } else {
+            let mut digits = false;
+            for c in word.chars() {
+                match (c.is_ascii_digit(), digits) {
+                    (true, true) => {}
+                    (true, false) => masked.push('#'),
+                    (false, _) => masked.push(c),
+                }
+                digits = c.is_ascii_digit();
+            }
+        }
+        word.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut masked);
+            masked.push(c);
+        }
+    }
+    flush(&mut word, &mut masked);
+    masked.chars().take(160).collect()
+}
+
+/// Every event of each client, in time order.
+fn by_client(events: &[Event]) -> HashMap<&str, Vec<&Event>> {
+    let mut clients: HashMap<&str, Vec<&Event>> = HashMap::new();
+    for e in events.iter().filter(|e| e.who != "chaos") {
+        clients.entry(e.who.as_str()).or_default().push(e);
+    }
+    clients
+}
+
+/// Every hold, with its live interval and how it ended.
+///
+/// A cancelled unlock ends the client's live interval at its `releasing`: from there on the
+/// client no longer acts as owner (no write, no critical section), so a holder that acquires
+/// after it is no overlap. Its key may outlive that point while the release finishes in the
+/// background: that tail is "possibly live" until the next successful lock of the same name by
+/// the same session (which must not find the old release outstanding: the backend may not
+/// reuse the key while its delete is in flight) or until the lease is gone. The tail is judged
+/// by its effects, not as a live interval: a newer hold of the session that loses its key to
+/// the late delete is a hold lost with its lease alive ([`holds_lost`] names the cancelled
+/// unlock), a re-lock that adopts the old key repeats its token ([`token_regressions`]), a
+/// key left behind blocks the waiters ([`stuck_after_cancel`]) or is an orphan at the end.
+/// Any other owner that acts during the tail has an interval of its own, so nothing is missed.
+pub fn holds(events: &[Event], ttl_us: u64, end_us: u64) -> Vec<Hold> {
+    let mut holds = Vec::new();
+    for (who, list) in by_client(events) {
+        let mut attempt = 0;
+        let mut current: Option<usize> = None;
+        for e in list {
+            match e.event.as_str() {
+                "attempt" => {
+                    attempt = e.t;
+                    current = None;
+                }
+                "session" => current = None,
+                "acquired" => {
+                    current = Some(holds.len());
+                    holds.push(Hold {
+                        who: who.to_owned(),
+                        name: e.name.clone(),
+                        lease: e.lease.clone(),
+                        token: e.token,
+                        attempt: if attempt == 0 { e.t } else { attempt },
+                        start: e.t,
+                        end: end_us,
+                        ending: Ending::Open,
+                        releasing: None,
+                        lost: None,
+                    });
+                }
+                _ => {
+                    if let Some(hold) = current.and_then(|i| holds.get_mut(i)) {
+                        note_ending(hold, e);
+                    }
+                }
+            }
+        }
+    }
+    for hold in &mut holds {
+        hold.end = hold.end.min(fault_cut(events, hold, ttl_us));
+    }
+    holds.sort_by_key(|h| h.start);
+    holds
+}
+
+/// Applies one of the hold's own later events.
+fn note_ending(hold: &mut Hold, e: &Event) {
+    match e.event.as_str() {
+        "releasing" => {
+            hold.end = hold.end.min(e.t);
+            hold.releasing = Some(e.t);
+            if e.detail == "drop" {
+                hold.ending = Ending::Dropped;
+            }
+        }
+        "released" => hold.ending = Ending::Released,
+        "cancelled" if e.detail == "unlock" => hold.ending = Ending::Cancelled(e.t),
+        "unlock_failed" => hold.ending = Ending::Failed(e.t),
+        "lost" => {
+            hold.end = hold.end.min(e.t);
+            hold.ending = Ending::Lost;
+            hold.lost = Some(e.clone());
+        }
+        _ => {}
+    }
+}
+
+/// The earliest end a fault puts on `hold`: faults from its attempt on count, since one that
+/// lands between the acquisition and the `acquired` line cuts it too.
+fn fault_cut(events: &[Event], hold: &Hold, ttl_us: u64) -> u64 {
+    faults(events)
+        .filter(|f| f.t >= hold.attempt && f.t < hold.end)
+        .filter_map(|f| match f.detail.as_str() {
+            "kill_client" if f.target == hold.who => Some(f.t),
+            "pause_client" if f.target == hold.who => Some(f.t + ttl_us * 2 / 3),
+            "delete_holder_key" if f.name == hold.name && f.lease == hold.lease => Some(f.t),
+            _ => None,
+        })
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
+/// Two holds of one name whose live intervals overlap: two live owners at once.
+fn overlaps(holds: &[Hold]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, list) in holds_by_name(holds) {
         for (i, earlier) in list.iter().enumerate() {
             for later in &list[i + 1..] {
                 if later.start >= earlier.end {
                     break;
                 }
-                verdict.overlaps.push(format!(
-                    "{} held by {} (token {}) until {} and by {} (token {}) from {}",
-                    earlier.name,
-                    earlier.who,
-                    earlier.token,
-                    earlier.end,
-                    later.who,
-                    later.token,
-                    later.start
+                found.push(format!(
+                    "{name} held by {} (token {}) until {} and by {} (token {}) from {}",
+                    earlier.who, earlier.token, earlier.end, later.who, later.token, later.start
                 ));
             }
         }
     }
+    found
+}
 
-    // Fenced writes: in etcd's commit order, accepted tokens only grow.
+/// The live holds of each name, by start.
+fn holds_by_name(holds: &[Hold]) -> HashMap<&str, Vec<&Hold>> {
+    let mut by_name: HashMap<&str, Vec<&Hold>> = HashMap::new();
+    for hold in holds.iter().filter(|h| h.was_live()) {
+        by_name.entry(hold.name.as_str()).or_default().push(hold);
+    }
+    for list in by_name.values_mut() {
+        list.sort_by_key(|h| h.start);
+    }
+    by_name
+}
+
+/// Fencing tokens must strictly increase across successive holds of a name, also when one
+/// session takes the same name twice: a repeated or lower token means a hold reused a key
+/// (or its revision) that an earlier hold, or a withdrawn waiter, had.
+fn token_regressions(holds: &[Hold]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, list) in holds_by_name(holds) {
+        for pair in list.windows(2) {
+            let (earlier, later) = (pair[0], pair[1]);
+            if later.token > earlier.token {
+                continue;
+            }
+            let same = if later.lease == earlier.lease {
+                format!(", same session {}", later.lease)
+            } else {
+                String::new()
+            };
+            found.push(format!(
+                "{name}: {} got token {} at {} after {} had token {} at {} (ended {:?}){same}",
+                later.who,
+                later.token,
+                later.start,
+                earlier.who,
+                earlier.token,
+                earlier.start,
+                earlier.ending
+            ));
+        }
+    }
+    found
+}
+
+/// Fenced writes: in etcd's commit order, accepted tokens only grow. Returns the stale ones
+/// accepted and the count of writes rejected.
+fn fenced_writes(events: &[Event]) -> (usize, usize) {
     let mut writes: Vec<&Event> = events
         .iter()
         .filter(|e| e.event == "write" && e.accepted.is_some())
         .collect();
     writes.sort_by_key(|e| e.rev);
     let mut highest: HashMap<&str, u64> = HashMap::new();
+    let (mut stale, mut rejected) = (0, 0);
     for write in writes {
         if write.accepted == Some(true) {
             let top = highest.entry(write.name.as_str()).or_default();
             if write.token <= *top {
-                verdict.stale_accepted += 1;
+                stale += 1;
             }
             *top = (*top).max(write.token);
         } else {
-            verdict.writes_rejected += 1;
+            rejected += 1;
         }
     }
+    (stale, rejected)
+}
 
-    // Unfenced writes made after the writer's hold had ended (a paused holder): counted only.
-    for write in events.iter().filter(|e| e.event == "plain_write") {
-        let hold = holds
-            .iter()
-            .find(|h| h.who == write.who && h.name == write.name && h.token == write.token);
-        if hold.is_some_and(|h| write.t > h.end) {
-            verdict.unfenced_after_loss += 1;
-        }
-    }
+/// Unfenced writes made after the writer's hold had ended (a paused holder): counted only.
+fn unfenced_after_end(events: &[Event], holds: &[Hold]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event == "plain_write")
+        .filter(|write| {
+            let hold = holds
+                .iter()
+                .find(|h| h.who == write.who && h.name == write.name && h.token == write.token);
+            hold.is_some_and(|h| write.t > h.end)
+        })
+        .count()
+}
 
-    // A killed holder must not leave its waiters stuck past TTL + 2 s.
-    let grace = ttl_us + 2_000_000;
+/// A killed holder must not leave its waiters stuck past TTL + 2 s.
+fn stuck_after_kill(events: &[Event], holds: &[Hold], ttl_us: u64, end_us: u64) -> Vec<String> {
+    let mut found = Vec::new();
     for kill in fault(events, "kill_client") {
         let Some(held) = holds
             .iter()
@@ -110,228 +408,245 @@ pub fn check(events: &[Event], ttl_us: u64, end_us: u64) -> Verdict {
         else {
             continue;
         };
-        let waiting = waiting_at(events, &held.name, &kill.target, kill.t);
-        let deadline = unblock_deadline(events, kill.t, grace);
-        if waiting && deadline < end_us {
-            let served = holds
-                .iter()
-                .any(|h| h.name == held.name && h.start > kill.t && h.start <= deadline);
-            if !served {
-                verdict.stuck.push(format!(
-                    "{} killed holding {} at {}: nobody acquired it within TTL + 2 s",
-                    kill.target, held.name, kill.t
-                ));
-            }
+        if !served(
+            events,
+            holds,
+            &held.name,
+            &kill.target,
+            kill.t,
+            ttl_us,
+            end_us,
+        ) {
+            found.push(format!(
+                "{} killed holding {} at {}: nobody acquired it within TTL + 2 s",
+                kill.target, held.name, kill.t
+            ));
         }
     }
-    verdict
+    found
 }
 
-/// When the waiters of a holder killed at `t` must have the lock: TTL + 2 s later, unless the
+/// A cancelled `lock`, `try_lock` or `unlock` (or a failed unlock) must leave nothing that
+/// blocks the name: its cleanup goes on in the background, so the waiters present then get
+/// the lock within TTL + 2 s (extended by member faults as for a killed holder).
+fn stuck_after_cancel(events: &[Event], holds: &[Hold], ttl_us: u64, end_us: u64) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event == "cancelled" || e.event == "unlock_failed")
+        .filter(|e| !served(events, holds, &e.name, &e.who, e.t, ttl_us, end_us))
+        .map(|e| {
+            let what = if e.event == "cancelled" {
+                format!("cancelled {}", e.detail)
+            } else {
+                "failed unlock".to_owned()
+            };
+            format!(
+                "{} {what} of {} at {}: waiters did not get it within TTL + 2 s",
+                e.who, e.name, e.t
+            )
+        })
+        .collect()
+}
+
+/// False when, at `t`, a client other than `except` waited for `name` and nobody acquired it
+/// before the deadline (which must have passed within the run).
+fn served(
+    events: &[Event],
+    holds: &[Hold],
+    name: &str,
+    except: &str,
+    t: u64,
+    ttl_us: u64,
+    end_us: u64,
+) -> bool {
+    let deadline = unblock_deadline(events, t, ttl_us + 2_000_000);
+    if deadline >= end_us || !waiting_at(events, name, except, t) {
+        return true;
+    }
+    holds
+        .iter()
+        .any(|h| h.name == name && h.start > t && h.start <= deadline)
+}
+
+/// When the waiters of a name blocked at `t` must have the lock: `grace` later, unless the
 /// cluster lost a member meanwhile. etcd extends every lease when a new leader takes over, so
-/// each member fault in the window moves the deadline to its recovery + TTL + 2 s.
+/// each member fault under way in the window (begun before `t` and not yet over, or begun
+/// within it) moves the deadline to its recovery + `grace`.
 fn unblock_deadline(events: &[Event], t: u64, grace: u64) -> u64 {
     let mut deadline = t + grace;
     for (i, f) in events.iter().enumerate() {
-        let member_fault = matches!(
-            f.detail.as_str(),
-            "kill_member" | "kill_leader" | "stop_member"
-        );
-        if f.event != "fault" || !member_fault || f.t < t || f.t > deadline {
+        if f.event != "fault" || !MEMBER_FAULTS.contains(&f.detail.as_str()) {
             continue;
         }
-        let recovered = events[i + 1..]
-            .iter()
-            .find(|e| {
-                e.event == "fault"
-                    && e.target == f.target
-                    && matches!(e.detail.as_str(), "restart_member" | "cont_member")
-            })
-            .map_or(f.t, |e| e.t);
-        deadline = deadline.max(recovered + grace);
+        if f.t > deadline {
+            break;
+        }
+        let recovered = recovery(&events[i + 1..], f).unwrap_or(f.t);
+        if recovered >= t {
+            deadline = deadline.max(recovered + grace);
+        }
     }
     deadline
 }
 
-/// True if a client other than `except` had an attempt on `name` outstanding at `t`.
-fn waiting_at(events: &[Event], name: &str, except: &str, t: u64) -> bool {
-    let mut outstanding: HashMap<&str, bool> = HashMap::new();
-    for e in events.iter().take_while(|e| e.t <= t) {
-        if e.who == except || e.event == "fault" {
-            continue;
-        }
-        match e.event.as_str() {
-            "attempt" => {
-                outstanding.insert(e.who.as_str(), e.name == name);
-            }
-            "acquired" | "error" => {
-                outstanding.insert(e.who.as_str(), false);
-            }
-            _ => {}
-        }
-    }
-    outstanding.values().any(|w| *w)
-}
-
-/// Every hold with the end of its live interval: the first of its `releasing` or `lost`, the
-/// kill of its process, the deletion of its key, and a pause of its process (plus 2/3 of the
-/// TTL: the lease's last keepalive may be up to TTL/3 old when the pause starts).
-fn holds(events: &[Event], ttl_us: u64, end_us: u64) -> Vec<Hold> {
-    let lease_owner: HashMap<&str, &str> = events
+/// When the member fault `f` ended (its restart or SIGCONT), searched in the later `events`.
+fn recovery(events: &[Event], f: &Event) -> Option<u64> {
+    events
         .iter()
-        .filter(|e| e.event == "session")
-        .map(|e| (e.lease.as_str(), e.who.as_str()))
-        .collect();
-    let mut holds = Vec::new();
-    for (i, acquired) in events.iter().enumerate() {
-        if acquired.event != "acquired" {
-            continue;
-        }
-        let mut end = end_us;
-        for e in &events[i + 1..] {
-            if e.who == acquired.who
-                && e.name == acquired.name
-                && (e.event == "releasing" || e.event == "lost")
-            {
-                end = e.t;
-                break;
-            }
-        }
-        let released = end;
-        for f in events[i + 1..]
-            .iter()
-            .filter(|e| e.event == "fault" && e.t < released)
-        {
-            let cut = match f.detail.as_str() {
-                "kill_client" if f.target == acquired.who => f.t,
-                "pause_client" if f.target == acquired.who => f.t + ttl_us * 2 / 3,
-                "delete_holder_key"
-                    if f.name == acquired.name
-                        && lease_owner.get(f.lease.as_str()) == Some(&acquired.who.as_str()) =>
-                {
-                    f.t
-                }
-                _ => continue,
-            };
-            end = end.min(cut);
-        }
-        holds.push(Hold {
-            who: acquired.who.clone(),
-            name: acquired.name.clone(),
-            token: acquired.token,
-            start: acquired.t,
-            end,
-        });
-    }
-    holds
+        .find(|e| {
+            e.event == "fault"
+                && e.target == f.target
+                && matches!(e.detail.as_str(), "restart_member" | "cont_member")
+        })
+        .map(|e| e.t)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(t: u64, who: &str, kind: &str, name: &str, token: u64) -> Event {
-        Event {
-            t,
-            who: who.into(),
-            event: kind.into(),
-            name: name.into(),
-            token,
-            ..Event::default()
+/// True if a client other than `except` was in a `lock` call on `name` at `t` (its last
+/// event by then is an attempt at it that waits: `lock` or `relock`).
+fn waiting_at(events: &[Event], name: &str, except: &str, t: u64) -> bool {
+    let mut last: HashMap<&str, &Event> = HashMap::new();
+    for e in events.iter().take_while(|e| e.t <= t) {
+        if e.who != except && e.who != "chaos" {
+            last.insert(e.who.as_str(), e);
         }
     }
+    last.values().any(|e| {
+        e.event == "attempt" && e.name == name && (e.detail == "lock" || e.detail == "relock")
+    })
+}
 
-    fn write(t: u64, who: &str, token: u64, rev: u64, accepted: bool) -> Event {
-        Event {
-            accepted: Some(accepted),
-            rev,
-            ..event(t, who, "write", "a", token)
+/// A `lock` that waited longer than the client's patience (15 s, many TTLs and fault
+/// recoveries): the name was blocked.
+fn long_waits(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event == "error" && e.detail.starts_with("lock took over"))
+        .map(|e| {
+            format!(
+                "{} waited for {} until {}: {}",
+                e.who, e.name, e.t, e.detail
+            )
+        })
+        .collect()
+}
+
+/// A client process that runs but neither acquires nor finds a lock busy for 20 s (for
+/// example every call refused with an expired auth token).
+fn idle_clients(events: &[Event], end_us: u64) -> Vec<String> {
+    let mut found = Vec::new();
+    for (who, list) in by_client(events) {
+        let Some(first) = list.first() else { continue };
+        let killed = fault(events, "kill_client").find(|f| f.target == who);
+        let until = killed.map_or(end_us, |f| f.t);
+        let mut since = first.t;
+        let mut errors: Vec<&Event> = Vec::new();
+        let mut progress: Vec<u64> = list
+            .iter()
+            .filter(|e| e.event == "acquired" || e.event == "busy")
+            .map(|e| e.t)
+            .collect();
+        progress.push(until);
+        for next in progress {
+            if next > since + IDLE_LIMIT_US {
+                errors.clear();
+                errors.extend(
+                    list.iter()
+                        .filter(|e| e.event == "error" && e.t > since && e.t < next),
+                );
+                let last = errors.last().map_or("none", |e| e.detail.as_str());
+                found.push(format!(
+                    "{who} made no progress from {since} to {next} ({} errors, last: {last})",
+                    errors.len()
+                ));
+            }
+            since = since.max(next);
         }
     }
+    found
+}
 
-    #[test]
-    fn clean_history_passes() {
-        let events = vec![
-            event(10, "c1", "acquired", "a", 5),
-            write(11, "c1", 5, 100, true),
-            event(20, "c1", "releasing", "a", 5),
-            event(21, "c2", "acquired", "a", 7),
-            write(22, "c2", 7, 101, true),
-            event(30, "c2", "releasing", "a", 7),
-        ];
-        let verdict = check(&events, 2_000_000, 100);
-        assert_eq!(verdict.ops, 2);
-        assert!(verdict.overlaps.is_empty() && verdict.stuck.is_empty());
-        assert_eq!(verdict.stale_accepted, 0);
-    }
-
-    #[test]
-    fn overlap_and_stale_write_are_caught() {
-        let events = vec![
-            event(10, "c1", "acquired", "a", 5),
-            event(15, "c2", "acquired", "a", 7),
-            write(16, "c2", 7, 100, true),
-            write(17, "c1", 5, 101, true),
-            event(20, "c1", "releasing", "a", 5),
-            event(30, "c2", "releasing", "a", 7),
-        ];
-        let verdict = check(&events, 2_000_000, 100);
-        assert_eq!(verdict.overlaps.len(), 1);
-        assert_eq!(verdict.stale_accepted, 1);
-    }
-
-    #[test]
-    fn a_paused_holder_is_no_live_owner_after_two_thirds_of_its_ttl() {
-        let pause = Event {
-            detail: "pause_client".into(),
-            target: "c1".into(),
-            ..event(11, "chaos", "fault", "", 0)
+/// Holds lost while their lease should have been alive: the client reported the loss (while
+/// holding, or as the answer of its unlock: an unlock that hangs until the lease is gone is a
+/// session lost all the same) and nothing the orchestrator did explains it.
+///
+/// What "targeted" the hold, and so explains its loss (faults from TTL + 1 s before its
+/// attempt up to the loss):
+/// - a pause or kill of its client process: the lease ran out without keepalives;
+/// - the deletion of its key (`delete_holder_key` of its name and lease);
+/// - a fault that stops the leader (`kill_leader`, `stop_leader`) within TTL + 1 s before the
+///   loss: during the election no keepalive is answered, and a session that cannot confirm
+///   its lease within its TTL may rightly declare its holds lost.
+///
+/// A fault on a follower (kill, stop, a stall longer than the TTL) does not explain a loss:
+/// every session talks to all three members, a quorum remains, and a keepalive overdue on one
+/// member must be sent through another. Neither do compaction, cancellation, or an expired
+/// auth token. The lease's remaining TTL, as etcd told the client right after the loss, is
+/// printed with each: "lease alive" means the key went while the lease lived (a stale unlock,
+/// a wrong loss report), "lease gone" that the keepalives failed.
+fn holds_lost(events: &[Event], holds: &[Hold], ttl_us: u64, end_us: u64) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, hold) in holds.iter().enumerate() {
+        let Some(lost) = &hold.lost else { continue };
+        if lost.t > end_us || loss_explained(events, hold, lost.t, ttl_us) {
+            continue;
+        }
+        let lease = match lost.lease_ttl {
+            Some(ttl) if ttl >= 0 => format!("lease alive, {ttl} s left"),
+            Some(_) => "lease gone".to_owned(),
+            None => "lease state unknown".to_owned(),
         };
-        let events = vec![
-            event(10, "c1", "acquired", "a", 5),
-            pause,
-            // c2 acquires after the pause outlived the TTL; c1 wakes and releases later.
-            event(11 + 1_500_000, "c2", "acquired", "a", 7),
-            event(11 + 3_000_000, "c1", "releasing", "a", 5),
-            event(11 + 3_000_001, "c2", "releasing", "a", 7),
-        ];
-        let verdict = check(&events, 2_000_000, 10_000_000);
-        assert!(verdict.overlaps.is_empty(), "{:?}", verdict.overlaps);
-    }
-
-    #[test]
-    fn a_leader_change_extends_the_wait_for_a_killed_holder() {
-        let fault = |t: u64, detail: &str, target: &str| Event {
-            detail: detail.into(),
-            target: target.into(),
-            ..event(t, "chaos", "fault", "", 0)
+        let seen = match hold.releasing {
+            Some(t) if t <= lost.t => format!(
+                "reported by an unlock that began {} ms earlier",
+                (lost.t - t) / 1_000
+            ),
+            _ => "seen while held".to_owned(),
         };
-        let events = vec![
-            event(10, "c1", "acquired", "a", 5),
-            event(15, "c2", "attempt", "a", 0),
-            fault(20, "kill_client", "c1"),
-            fault(1_000_000, "kill_leader", "m0"),
-            fault(2_500_000, "restart_member", "m0"),
-            // Past kill + TTL + 2 s, within the restart + TTL + 2 s.
-            event(5_000_000, "c2", "acquired", "a", 7),
-        ];
-        let verdict = check(&events, 2_000_000, 20_000_000);
-        assert!(verdict.stuck.is_empty(), "{:?}", verdict.stuck);
+        let mut line = format!(
+            "{} lost {} (token {}, held from {}) at {} ({seen}): {}; {lease}",
+            hold.who, hold.name, hold.token, hold.start, lost.t, lost.detail
+        );
+        if let Some(previous) = previous_pending_release(holds, i) {
+            line.push_str(&format!(
+                "; the same session's previous hold of {} (token {}) ended {:?}",
+                hold.name, previous.token, previous.ending
+            ));
+        }
+        found.push(line);
     }
+    found
+}
 
-    #[test]
-    fn a_killed_holder_whose_waiter_never_gets_the_lock_is_stuck() {
-        let kill = Event {
-            detail: "kill_client".into(),
-            target: "c1".into(),
-            ..event(20, "chaos", "fault", "", 0)
-        };
-        let events = vec![
-            event(10, "c1", "acquired", "a", 5),
-            event(15, "c2", "attempt", "a", 0),
-            kill,
-        ];
-        let verdict = check(&events, 2_000_000, 10_000_000);
-        assert_eq!(verdict.stuck.len(), 1);
-    }
+fn loss_explained(events: &[Event], hold: &Hold, loss: u64, ttl_us: u64) -> bool {
+    let from = hold.attempt.saturating_sub(ttl_us + 1_000_000);
+    faults(events)
+        .filter(|f| f.t <= loss)
+        .any(|f| match f.detail.as_str() {
+            "pause_client" | "kill_client" => f.target == hold.who && f.t >= from,
+            "delete_holder_key" => {
+                f.name == hold.name && f.lease == hold.lease && f.t >= hold.attempt
+            }
+            detail if LEADER_FAULTS.contains(&detail) => {
+                let ended = recovery(events_after(events, f), f).unwrap_or(loss);
+                ended + ttl_us + 1_000_000 >= loss
+            }
+            _ => false,
+        })
+}
+
+/// The events after `f` (which is one of `events`).
+fn events_after<'a>(events: &'a [Event], f: &Event) -> &'a [Event] {
+    let at = events.partition_point(|e| e.t <= f.t);
+    &events[at..]
+}
+
+/// The same session's previous hold of the same name, if its release was cancelled or failed
+/// (its delete may have been still in flight when this hold began).
+fn previous_pending_release(holds: &[Hold], index: usize) -> Option<&Hold> {
+    let hold = &holds[index];
+    let previous = holds[..index]
+        .iter()
+        .rev()
+        .find(|h| h.lease == hold.lease && h.name == hold.name)?;
+    matches!(previous.ending, Ending::Cancelled(_) | Ending::Failed(_)).then_some(previous)
 }

@@ -14,8 +14,11 @@ pub struct Event {
     pub t: u64,
     /// Who: a client id (`c3`) or `chaos` for the orchestrator.
     pub who: String,
-    /// What: attempt, acquired, write, plain_write, releasing, released, lost, error, session,
-    /// fault.
+    /// What: `session` (a new lease), `attempt` (detail: `lock`, `try_lock` or `relock`),
+    /// `acquired`, `busy` (try_lock found it taken), `cancelled` (detail: the operation whose
+    /// future was dropped: `lock`, `try_lock` or `unlock`), `write`, `plain_write`,
+    /// `releasing` (detail: `unlock`, `unlock_timeout` or `drop`), `released`, `unlock_failed`,
+    /// `lost`, `error`, and `fault` from the orchestrator.
     pub event: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -35,6 +38,13 @@ pub struct Event {
     /// For faults on a client: which one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
+    /// For operations run under a short timeout (to be cancelled): the timeout in ms.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout_ms: u64,
+    /// For `lost`: the lease's remaining TTL in seconds as etcd reported it right after the
+    /// loss (-1: the lease is gone); absent when etcd did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl: Option<i64>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -62,8 +72,14 @@ impl Log {
         })
     }
 
-    pub fn write(&mut self, mut event: Event) {
-        event.t = now_us();
+    pub fn write(&mut self, event: Event) {
+        self.write_at(now_us(), event);
+    }
+
+    /// Writes `event` stamped `t` (a fault is stamped when its injection began: its effect can
+    /// start before the injecting call returns).
+    pub fn write_at(&mut self, t: u64, mut event: Event) {
+        event.t = t;
         event.who = self.who.clone();
         if let Ok(line) = serde_json::to_string(&event) {
             let _ = writeln!(self.file, "{line}");

@@ -2,26 +2,32 @@
 //! loopback, under random faults, with a checked history.
 //!
 //! ```text
-//! cargo run --release --example chaos -- --secs 300      # CHAOS_SECS in `make chaos`
+//! cargo run --release --example chaos -- --secs 300          # CHAOS_SECS in `make chaos`
+//! cargo run --release --example chaos -- --secs 300 --auth   # CHAOS_AUTH=1: etcd auth on
 //! ```
 //!
 //! The last line is `chaos: N ops, F faults, O overlaps, S stale writes accepted, K stuck,
-//! P panics`; the exit status is 0 only when O, S, K and P are 0.
+//! P panics, T token regressions, L holds lost, Z orphaned keys`; the exit status is 0 only
+//! when O, S, K, P, T, L and Z are 0.
 
 mod checker;
 mod client;
+mod fault;
 mod log;
+mod processes;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use locksmith::etcd_client::{Client, CompactionOptions, GetOptions, SortOrder, SortTarget};
-use locksmith_etcd::testing::EtcdCluster;
+use locksmith::etcd_client::{Client, GetOptions};
+use locksmith_etcd::testing::{enable_auth, EtcdCluster};
 use rand::Rng;
 
-use crate::log::{Event, Log};
+use crate::checker::Verdict;
+use crate::fault::{Chaos, Fault};
+use crate::log::Log;
+use crate::processes::Clients;
 
 #[derive(Parser)]
 struct Args {
@@ -34,6 +40,9 @@ struct Args {
     /// Session TTL of the clients, in seconds.
     #[arg(long, default_value_t = 2)]
     ttl: u64,
+    /// Auth mode: etcd runs with authentication on and `--auth-token-ttl 2`; clients log in.
+    #[arg(long, env = "CHAOS_AUTH", value_parser = clap::builder::FalseyValueParser::new())]
+    auth: bool,
     /// Where the logs go (a new temporary directory by default).
     #[arg(long)]
     logs: Option<PathBuf>,
@@ -52,7 +61,14 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if let (Some(id), Some(log)) = (&args.client, &args.log) {
-        client::run(id, args.endpoints.clone(), args.ttl, log).await;
+        client::run(client::Settings {
+            id,
+            endpoints: args.endpoints.clone(),
+            ttl_secs: args.ttl,
+            auth: args.auth,
+            log,
+        })
+        .await;
         return std::process::ExitCode::SUCCESS;
     }
     match orchestrate(&args).await {
@@ -67,67 +83,9 @@ async fn main() -> std::process::ExitCode {
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// The client processes, by id.
-struct Clients {
-    dir: PathBuf,
-    endpoints: String,
-    ttl: u64,
-    running: Vec<(String, Child)>,
-    started: usize,
-}
-
-impl Clients {
-    fn spawn(&mut self) -> Result<(), Error> {
-        self.started += 1;
-        let id = format!("c{}", self.started);
-        let child = Command::new(std::env::current_exe()?)
-            .args(["--client", &id, "--endpoints", &self.endpoints])
-            .args(["--ttl", &self.ttl.to_string()])
-            .arg("--log")
-            .arg(self.dir.join(format!("{id}.log")))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join(format!("{id}.err")))?)
-            .spawn()?;
-        self.running.push((id, child));
-        Ok(())
-    }
-
-    fn signal(&self, index: usize, signal: &str) -> Option<String> {
-        let (id, child) = self.running.get(index)?;
-        let ok = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| id.clone())
-    }
-
-    fn kill(&mut self, index: usize) -> Option<String> {
-        if index >= self.running.len() {
-            return None;
-        }
-        let (id, mut child) = self.running.remove(index);
-        let _ = child.kill();
-        let _ = child.wait();
-        Some(id)
-    }
-
-    /// SIGTERM to all (they close their sessions), then SIGKILL to the slow ones.
-    fn stop_all(&mut self) {
-        for index in 0..self.running.len() {
-            self.signal(index, "-TERM");
-        }
-        let deadline = Instant::now() + Duration::from_secs(6);
-        for (_, child) in &mut self.running {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.running.clear();
-    }
-}
+/// etcd's simple-token lifetime in auth mode, in seconds: shorter than a client pause, so
+/// tokens expire during the run.
+const AUTH_TOKEN_TTL: &str = "2";
 
 async fn orchestrate(args: &Args) -> Result<bool, Error> {
     let dir = match &args.logs {
@@ -136,13 +94,46 @@ async fn orchestrate(args: &Args) -> Result<bool, Error> {
     };
     std::fs::create_dir_all(&dir)?;
     println!(
-        "chaos: {} s, {} clients, TTL {} s, logs in {}",
+        "chaos: {} s, {} clients, TTL {} s, auth {}, logs in {}",
         args.secs,
         args.clients,
         args.ttl,
+        if args.auth {
+            "on (token TTL 2 s)"
+        } else {
+            "off"
+        },
         dir.display()
     );
-    let mut cluster = EtcdCluster::start(3)?;
+    let mut chaos = start(args, &dir).await?;
+    let deadline = Instant::now() + Duration::from_secs(args.secs);
+    while Instant::now() < deadline {
+        let pause = Duration::from_millis(rand::thread_rng().gen_range(1_000..2_500));
+        tokio::time::sleep(pause).await;
+        if let Some(recovery) = Fault::random().inject(&mut chaos).await? {
+            recovery.run(&mut chaos)?;
+        }
+    }
+    let end_us = log::now_us();
+    chaos.clients.stop_all();
+    // Killed clients' leases run out within their TTL.
+    tokio::time::sleep(chaos.ttl + Duration::from_secs(1)).await;
+    let orphans = orphaned_keys(&chaos).await?;
+    let panics = count_panics(&dir)?;
+    let events = log::read_all(&dir)?;
+    let verdict = checker::check(&events, args.ttl * 1_000_000, end_us);
+    drop(chaos);
+    report(&verdict, orphans, panics);
+    Ok(verdict.clean() && panics == 0 && orphans == 0)
+}
+
+/// Starts the cluster (with auth in auth mode), the fence keys and the clients.
+async fn start(args: &Args, dir: &Path) -> Result<Chaos, Error> {
+    let cluster = if args.auth {
+        EtcdCluster::start_with(3, &["--auth-token-ttl", AUTH_TOKEN_TTL])?
+    } else {
+        EtcdCluster::start(3)?
+    };
     let endpoints = cluster.endpoints();
     let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
     let mut etcd = Client::connect(urls, None).await?;
@@ -150,180 +141,98 @@ async fn orchestrate(args: &Args) -> Result<bool, Error> {
         etcd.put(client::fence_key(name), client::fence_value(0), None)
             .await?;
     }
-    let mut log = Log::open(&dir.join("chaos.log"), "chaos")?;
+    if args.auth {
+        enable_auth(&endpoints, client::USER, client::PASSWORD).await?;
+    }
     let mut clients = Clients {
-        dir: dir.clone(),
+        dir: dir.to_owned(),
         endpoints: endpoints.join(","),
         ttl: args.ttl,
+        auth: args.auth,
         running: Vec::new(),
         started: 0,
     };
     for _ in 0..args.clients {
         clients.spawn()?;
     }
+    Ok(Chaos {
+        cluster,
+        clients,
+        log: Log::open(&dir.join("chaos.log"), "chaos")?,
+        ttl: Duration::from_secs(args.ttl),
+        auth: args.auth,
+    })
+}
 
-    let deadline = Instant::now() + Duration::from_secs(args.secs);
-    let ttl = Duration::from_secs(args.ttl);
-    while Instant::now() < deadline {
-        let pause = Duration::from_millis(rand::thread_rng().gen_range(1_000..2_500));
-        tokio::time::sleep(pause).await;
-        let kind = rand::thread_rng().gen_range(0..7);
-        let member = rand::thread_rng().gen_range(0..3);
-        let client_index = rand::thread_rng().gen_range(0..clients.running.len().max(1));
-        let mut note = |detail: &str, target: String, name: String, lease: String| {
-            log.write(Event {
-                event: "fault".into(),
-                detail: detail.into(),
-                target,
-                name,
-                lease,
-                ..Event::default()
-            })
-        };
-        match kind {
-            0 | 1 => {
-                let victim = if kind == 1 {
-                    cluster.leader_index().await.unwrap_or(member)
-                } else {
-                    member
-                };
-                cluster.kill_member(victim);
-                note(
-                    if kind == 1 {
-                        "kill_leader"
-                    } else {
-                        "kill_member"
-                    },
-                    format!("m{victim}"),
-                    String::new(),
-                    String::new(),
-                );
-                tokio::time::sleep(Duration::from_millis(1_500)).await;
-                cluster.restart_member(victim)?;
-                note(
-                    "restart_member",
-                    format!("m{victim}"),
-                    String::new(),
-                    String::new(),
-                );
-            }
-            2 => {
-                if cluster.signal_member(member, "-STOP").is_ok() {
-                    note(
-                        "stop_member",
-                        format!("m{member}"),
-                        String::new(),
-                        String::new(),
-                    );
-                    tokio::time::sleep(Duration::from_millis(1_000)).await;
-                    cluster.signal_member(member, "-CONT")?;
-                    note(
-                        "cont_member",
-                        format!("m{member}"),
-                        String::new(),
-                        String::new(),
-                    );
-                }
-            }
-            3 => {
-                if let Some(id) = clients.signal(client_index, "-STOP") {
-                    note("pause_client", id.clone(), String::new(), String::new());
-                    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
-                    clients.signal(client_index, "-CONT");
-                    note("cont_client", id, String::new(), String::new());
-                }
-            }
-            4 => {
-                if let Some(id) = clients.kill(client_index) {
-                    note("kill_client", id, String::new(), String::new());
-                    clients.spawn()?;
-                }
-            }
-            5 => {
-                let name = client::NAMES[rand::thread_rng().gen_range(0..client::NAMES.len())];
-                if let Some((key, lease)) = holder_key(&mut etcd, name).await {
-                    // A fault that could not be injected (etcd busy electing) is skipped.
-                    if etcd.delete(key.as_str(), None).await.is_ok() {
-                        note("delete_holder_key", String::new(), name.into(), lease);
-                    }
-                }
-            }
-            _ => {
-                let Ok(now) = etcd.get("chaos", None).await else {
-                    continue;
-                };
-                let revision = now.header().map_or(0, |h| h.revision());
-                let physical = Some(CompactionOptions::new().with_physical());
-                // Compacting at or below the last compaction is refused: nothing to do then.
-                if etcd.compact(revision, physical).await.is_ok() {
-                    note(
-                        "compact",
-                        String::new(),
-                        String::new(),
-                        revision.to_string(),
-                    );
-                }
-            }
-        }
-    }
-    let end_us = log::now_us();
-    clients.stop_all();
-    // Killed clients' leases run out within their TTL.
-    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
-    let orphans = etcd
-        .get(
-            client::NAMESPACE,
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
+/// Keys left under the lock namespace once every client has stopped.
+async fn orphaned_keys(chaos: &Chaos) -> Result<usize, Error> {
+    let mut etcd = chaos
+        .etcd()
+        .await
+        .ok_or("etcd did not answer after the run")?;
+    let options = GetOptions::new().with_prefix().with_keys_only();
+    Ok(etcd
+        .get(client::NAMESPACE, Some(options))
         .await?
         .kvs()
-        .len();
-    let panics = count_panics(&dir)?;
-    let events = log::read_all(&dir)?;
-    let verdict = checker::check(&events, args.ttl * 1_000_000, end_us);
-    drop(cluster);
+        .len())
+}
 
+/// At most this many examples of each failure are printed.
+const EXAMPLES: usize = 10;
+
+fn report(verdict: &Verdict, orphans: usize, panics: usize) {
     let faults: usize = verdict.faults.values().sum();
-    let mut kinds: Vec<_> = verdict.faults.iter().collect();
-    kinds.sort();
-    println!("faults by kind: {kinds:?}");
+    println!("faults by kind: {:?}", sorted(&verdict.faults));
+    println!("cancelled calls: {:?}", sorted(&verdict.cancelled));
     println!(
-        "fenced writes rejected: {}; unfenced writes after the writer's hold ended (paused holders): {}; orphaned keys: {orphans}",
-        verdict.writes_rejected, verdict.unfenced_after_loss
+        "fenced writes rejected: {}; unfenced writes after the writer's hold ended (paused holders): {}; orphaned keys: {orphans}; holds reported lost: {} ({} unexplained)",
+        verdict.writes_rejected,
+        verdict.unfenced_after_end,
+        verdict.losses,
+        verdict.holds_lost.len()
     );
-    for overlap in &verdict.overlaps {
-        println!("overlap: {overlap}");
+    let mut errors = sorted(&verdict.errors);
+    errors.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    for (message, count) in errors.iter().take(EXAMPLES) {
+        println!("client errors: {count} x {message}");
     }
-    for stuck in &verdict.stuck {
-        println!("stuck: {stuck}");
+    let mut stuck_kinds: std::collections::HashMap<String, usize> = Default::default();
+    for line in &verdict.stuck {
+        let kind = line.split(':').next().unwrap_or_default();
+        *stuck_kinds.entry(kind.to_owned()).or_default() += 1;
     }
-    let (o, s, k) = (
+    if !stuck_kinds.is_empty() {
+        println!("stuck by kind: {:?}", sorted(&stuck_kinds));
+    }
+    for (label, list) in [
+        ("overlap", &verdict.overlaps),
+        ("stuck", &verdict.stuck),
+        ("token regression", &verdict.token_regressions),
+        ("hold lost", &verdict.holds_lost),
+    ] {
+        for line in list.iter().take(EXAMPLES) {
+            println!("{label}: {line}");
+        }
+        if list.len() > EXAMPLES {
+            println!("{label}: … and {} more", list.len() - EXAMPLES);
+        }
+    }
+    println!(
+        "chaos: {} ops, {faults} faults, {} overlaps, {} stale writes accepted, {} stuck, {panics} panics, {} token regressions, {} holds lost, {orphans} orphaned keys",
+        verdict.ops,
         verdict.overlaps.len(),
         verdict.stale_accepted,
         verdict.stuck.len(),
+        verdict.token_regressions.len(),
+        verdict.holds_lost.len(),
     );
-    println!(
-        "chaos: {} ops, {faults} faults, {o} overlaps, {s} stale writes accepted, {k} stuck, {panics} panics",
-        verdict.ops
-    );
-    Ok(o == 0 && s == 0 && k == 0 && panics == 0 && orphans == 0)
 }
 
-/// The current holder's key of `name` and its lease in hex.
-async fn holder_key(etcd: &mut Client, name: &str) -> Option<(String, String)> {
-    let options = GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(1);
-    let reply = etcd
-        .get(format!("{}{name}/", client::NAMESPACE), Some(options))
-        .await
-        .ok()?;
-    let kv = reply.kvs().first()?;
-    Some((
-        String::from_utf8_lossy(kv.key()).into_owned(),
-        format!("{:x}", kv.lease()),
-    ))
+fn sorted(counts: &std::collections::HashMap<String, usize>) -> Vec<(&str, usize)> {
+    let mut list: Vec<_> = counts.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    list.sort();
+    list
 }
 
 fn count_panics(dir: &Path) -> std::io::Result<usize> {
