@@ -52,4 +52,4 @@ chaos-auth: deps
 
 # The 60-second chaos run of `make test` (debug build, already built by `unit`).
 chaos-short:
-	CHAOS_AUTH= $(CARGO) run --example chaos --features etcd-testing -- --secs 60
+	CHAOS_AUTH= $(CARGO) run --example chaos --all-features -- --secs 60
