@@ -48,6 +48,7 @@
 
 mod config;
 mod error;
+mod hold;
 mod hub;
 mod mutex;
 mod retry;

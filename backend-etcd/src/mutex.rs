@@ -5,31 +5,23 @@
 //! the owner is the direct child of `{namespace}{name}/` with the lowest create revision. A
 //! waiter watches the next-older key for its delete and goes on until none is left.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
-use locksmith_api::{
-    validate_name, FencingToken, Hold, LockError, LockGuard, LossReason, LostSignal, LostWatch,
-    Ticket,
-};
-use tokio::runtime::Handle;
-use tokio::task::{AbortHandle, JoinHandle};
+use locksmith_api::{validate_name, LockError, LockGuard, LossReason};
 
 use crate::error::from_etcd;
-use crate::retry::{self, Backoff, Cleaned, ErrorKind};
+use crate::hold::PendingKey;
+use crate::retry::{self, Backoff, ErrorKind};
 use crate::session::{Link, Session};
 use crate::watch::{self, Watched};
 
 /// Keys read per page when looking for the predecessor among nested lock names.
 const PAGE: i64 = 64;
-/// How long a hold lives before its key is watched for deletes (see `watch_hold`).
-const HOLD_WATCH_DELAY: Duration = Duration::from_millis(50);
 
 /// Where this session's key for one lock name lives.
 struct LockKeys {
@@ -70,7 +62,7 @@ pub(crate) async fn lock(session: &Arc<Session>, name: &str) -> Result<LockGuard
         err = session.ended() => Err(err),
         acquired = enqueue_and_wait(session, &keys, name, &pending) => acquired,
     }?;
-    Ok(pending.into_guard(session, name, acquired))
+    Ok(pending.into_guard(session, name, acquired.revision, acquired.header))
 }
 
 /// Takes the lock only if it is free; see [`crate::EtcdLock`].
@@ -97,7 +89,12 @@ pub(crate) async fn try_lock(
         pending.withdraw().await?;
         return Ok(None);
     }
-    Ok(Some(pending.into_guard(session, name, queued)))
+    Ok(Some(pending.into_guard(
+        session,
+        name,
+        queued.revision,
+        queued.header,
+    )))
 }
 
 /// What the enqueue transaction found.
@@ -345,318 +342,5 @@ fn malformed(what: &str) -> LockError {
         backend: "etcd",
         operation: what.to_owned(),
         source: "etcd answered with an unexpected reply".into(),
-    }
-}
-
-/// Deletes `key` only if it still has `revision` (0: whatever it has), so a stale release
-/// never deletes a newer hold (etcd issue 22082). True when it deleted.
-async fn delete_if_owned(
-    mut client: Client,
-    key: String,
-    revision: i64,
-) -> Result<bool, etcd_client::Error> {
-    let txn = if revision > 0 {
-        Txn::new()
-            .when([Compare::create_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::delete(key.as_str(), None)])
-    } else {
-        Txn::new().and_then([TxnOp::delete(key.as_str(), None)])
-    };
-    Ok(client.txn(txn).await?.succeeded())
-}
-
-/// A unique value for each queue attempt of this process: a key of ours whose value is not
-/// the attempt's own was not created by it.
-fn new_nonce() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("locksmith-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Our key while we queue: if the `lock` future is dropped, or fails, the key is withdrawn
-/// (also when the put committed but its reply was lost: the revision is then unknown and the
-/// key is deleted whatever it holds, which is safe because the local ticket keeps every other
-/// task of this session off the name). The local ticket is released only after that.
-struct PendingKey {
-    key: String,
-    /// The value this attempt puts, telling its own key from a stale one.
-    nonce: String,
-    revision: Arc<AtomicI64>,
-    /// Held by the queue task while it runs.
-    gate: Arc<tokio::sync::Mutex<()>>,
-    /// Set when nobody waits for the queue task any more.
-    abandoned: Arc<AtomicBool>,
-    cleanup: Option<Cleanup>,
-}
-
-/// What it takes to give a key up in the background: the session, and the local ticket that
-/// keeps this session's other tasks off the name until etcd has answered.
-struct Cleanup {
-    link: Arc<Link>,
-    runtime: Handle,
-    ticket: Ticket<()>,
-}
-
-impl Cleanup {
-    /// Spawns the deletion of `key` if it still has `revision` (0: whatever it has), once no
-    /// queue task is in flight (`gate`). The task goes on whatever happens to the caller: it
-    /// retries until etcd answers or the session ends (see [`retry::cleanup`]), and only then
-    /// lets the next local task on the name go.
-    fn spawn(
-        self,
-        operation: &'static str,
-        key: String,
-        revision: Arc<AtomicI64>,
-        gate: Arc<tokio::sync::Mutex<()>>,
-    ) -> JoinHandle<Cleaned<bool>> {
-        let Cleanup {
-            link,
-            runtime,
-            ticket,
-        } = self;
-        runtime.spawn(async move {
-            let _in_flight_done = gate.lock_owned().await;
-            let revision = revision.load(Ordering::SeqCst);
-            let cleaned = retry::cleanup(&link, operation, |client| {
-                delete_if_owned(client, key.clone(), revision)
-            })
-            .await;
-            drop(ticket);
-            cleaned
-        })
-    }
-}
-
-impl PendingKey {
-    fn new(session: &Session, key: &str, ticket: Ticket<()>) -> Self {
-        PendingKey {
-            key: key.to_owned(),
-            nonce: new_nonce(),
-            revision: Arc::new(AtomicI64::new(0)),
-            gate: Arc::new(tokio::sync::Mutex::new(())),
-            abandoned: Arc::new(AtomicBool::new(false)),
-            cleanup: Some(Cleanup {
-                link: session.link(),
-                runtime: session.runtime.clone(),
-                ticket,
-            }),
-        }
-    }
-
-    /// Starts the withdrawal of the key, in the background.
-    fn spawn_withdrawal(&mut self) -> Option<JoinHandle<Cleaned<bool>>> {
-        self.abandoned.store(true, Ordering::SeqCst);
-        let cleanup = self.cleanup.take()?;
-        Some(cleanup.spawn(
-            "withdraw from the lock queue",
-            self.key.clone(),
-            Arc::clone(&self.revision),
-            Arc::clone(&self.gate),
-        ))
-    }
-
-    /// Withdraws the key and waits until etcd has answered (or the session ended, taking the
-    /// key with it). If this future is dropped, the withdrawal goes on.
-    async fn withdraw(mut self) -> Result<(), LockError> {
-        if let Some(withdrawal) = self.spawn_withdrawal() {
-            let _ = withdrawal.await;
-        }
-        Ok(())
-    }
-
-    /// Turns the queued key into a held lock.
-    fn into_guard(mut self, session: &Session, name: &str, acquired: Queued) -> LockGuard {
-        let Some(cleanup) = self.cleanup.take() else {
-            // Only `spawn_withdrawal` and `into_guard` take the cleanup, and each is reached at
-            // most once per pending key: a pending key reaching here still has it.
-            unreachable!("a pending key is consumed once")
-        };
-        let link = Arc::clone(&cleanup.link);
-        let (lost, lost_watch) = LostSignal::new();
-        let watcher = cleanup.runtime.spawn(watch_hold(
-            link,
-            self.key.clone(),
-            acquired.revision,
-            acquired.header + 1,
-            lost.clone(),
-            session.ended_watch.clone(),
-        ));
-        let hold = EtcdHold {
-            name: name.to_owned(),
-            key: self.key.clone(),
-            revision: acquired.revision,
-            lost,
-            watcher: watcher.abort_handle(),
-            cleanup: Some(cleanup),
-        };
-        LockGuard::new(
-            name,
-            self.key.clone(),
-            FencingToken::new(acquired.revision.unsigned_abs()),
-            lost_watch,
-            Box::new(hold),
-        )
-    }
-}
-
-impl Drop for PendingKey {
-    fn drop(&mut self) {
-        drop(self.spawn_withdrawal());
-    }
-}
-
-/// Marks the hold lost when its key is deleted or the session ends.
-async fn watch_hold(
-    link: Arc<Link>,
-    key: String,
-    revision: i64,
-    mut from: i64,
-    lost: LostSignal,
-    ended: LostWatch,
-) {
-    // Most holds are short: watch only those that outlive a moment. The watch starts from the
-    // acquisition's revision, so a delete in the meantime is still seen.
-    tokio::select! {
-        biased;
-        reason = ended.wait() => {
-            lost.mark(reason);
-            return;
-        }
-        () = tokio::time::sleep(HOLD_WATCH_DELAY) => {}
-    }
-    let mut backoff = Backoff::default();
-    loop {
-        let watched = tokio::select! {
-            biased;
-            reason = ended.wait() => {
-                lost.mark(reason);
-                return;
-            }
-            watched = watch::deleted_since(&link, key.as_bytes(), from) => watched,
-        };
-        if watched == Watched::Deleted {
-            lost.mark(why_deleted(&link).await);
-            return;
-        }
-        // Compaction, a broken stream or an error: look at the key itself.
-        let mut reader = link.client.clone();
-        let read = tokio::time::timeout(
-            retry::attempt_timeout(link.ttl),
-            reader.get(key.as_str(), None),
-        )
-        .await;
-        if let Ok(Ok(now)) = read {
-            let ours = now
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.create_revision() == revision);
-            if !ours {
-                lost.mark(why_deleted(&link).await);
-                return;
-            }
-            from = now.header().map_or(from, |h| h.revision() + 1);
-        }
-        if backoff.wait(&link).await.is_err() {
-            // The session ended: the next round reports it.
-            continue;
-        }
-    }
-}
-
-/// Why a hold's key went: with its lease (revoked or expired: the session is over), or
-/// deleted on its own while the session lives.
-async fn why_deleted(link: &Link) -> LossReason {
-    let mut client = link.client.clone();
-    let asked = tokio::time::timeout(
-        retry::attempt_timeout(link.ttl),
-        client.lease_time_to_live(link.lease_id, None),
-    )
-    .await;
-    match asked {
-        // etcd answers -1 for a lease it no longer knows.
-        Ok(Ok(lease)) if lease.ttl() < 0 => {
-            let _ = link.lease_gone();
-            link.ended_watch.reason().unwrap_or(LossReason::Expired)
-        }
-        Ok(Err(err)) if retry::classify(&err) == ErrorKind::LeaseGone => {
-            let _ = link.lease_gone();
-            link.ended_watch.reason().unwrap_or(LossReason::Expired)
-        }
-        _ => LossReason::Deleted,
-    }
-}
-
-/// A held lock on etcd.
-struct EtcdHold {
-    name: String,
-    key: String,
-    revision: i64,
-    lost: LostSignal,
-    watcher: AbortHandle,
-    cleanup: Option<Cleanup>,
-}
-
-impl EtcdHold {
-    /// Starts the release in the background: it goes on if the caller goes away.
-    fn spawn_release(&mut self) -> Option<JoinHandle<Cleaned<bool>>> {
-        self.watcher.abort();
-        let cleanup = self.cleanup.take()?;
-        Some(cleanup.spawn(
-            "release the lock",
-            self.key.clone(),
-            Arc::new(AtomicI64::new(self.revision)),
-            Arc::default(),
-        ))
-    }
-
-    fn lost_error(&self, reason: Option<LossReason>) -> LockError {
-        LockError::LockLost {
-            name: self.name.clone(),
-            reason: reason
-                .or_else(|| self.lost.reason())
-                .unwrap_or(LossReason::Deleted),
-        }
-    }
-}
-
-#[async_trait]
-impl Hold for EtcdHold {
-    /// Releases and waits for etcd's answer. The release runs in a task of its own and keeps
-    /// the local ticket until etcd has answered, so a dropped `unlock()` still releases, and no
-    /// new hold of this session on the name can start while the delete is outstanding.
-    async fn release(mut self: Box<Self>) -> Result<(), LockError> {
-        let Some(release) = self.spawn_release() else {
-            return Ok(());
-        };
-        match release.await {
-            Ok(Cleaned::Done { value: true, .. }) => Ok(()),
-            // Gone already: by this very release when an earlier attempt's reply was lost,
-            // else someone else deleted it.
-            Ok(Cleaned::Done {
-                value: false,
-                maybe_applied_before,
-            }) => {
-                if maybe_applied_before {
-                    Ok(())
-                } else {
-                    Err(self.lost_error(None))
-                }
-            }
-            Ok(Cleaned::SessionEnded(reason)) => Err(self.lost_error(Some(reason))),
-            Err(err) => Err(LockError::Backend {
-                backend: "etcd",
-                operation: "release the lock".to_owned(),
-                source: Box::new(err),
-            }),
-        }
-    }
-}
-
-impl Drop for EtcdHold {
-    fn drop(&mut self) {
-        drop(self.spawn_release());
     }
 }
