@@ -158,6 +158,10 @@ impl EtcdConfig {
 
     /// The client options: timeouts, HTTP/2 keepalive, credentials and TLS.
     ///
+    /// An auth token etcd refuses (it expires after `--auth-token-ttl` without use, 5 minutes
+    /// by default, and a quiet hold uses none: keepalives need no token) is renewed and the
+    /// request sent again, by the client for every request and by `retry.rs` on top.
+    ///
     /// HTTP/2 pings go out after `max(TTL/6, 6 s)` without a frame from the server, and a ping
     /// unanswered for `TTL/6` (1 to 5 s) closes the connection. They go out only on
     /// connections with open streams: etcd answers pings more frequent than every 5 s (its
@@ -172,7 +176,8 @@ impl EtcdConfig {
             .with_connect_timeout(self.connect_timeout())
             .with_keep_alive(ping_interval, ping_timeout)
             .with_keep_alive_while_idle(false)
-            .with_require_leader(true);
+            .with_require_leader(true)
+            .with_auto_token_refresh(true);
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.with_user(user.clone(), password.clone());
         }
