@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Etcd, GUARD};
-use locksmith_api::{DistributedLock, LockError};
+use locksmith_api::{DistributedLock, LockError, LossReason};
 use locksmith_etcd::etcd_client::{Compare, CompareOp, TxnOp};
 use locksmith_etcd::{EtcdConfig, EtcdLock};
 
@@ -107,4 +107,43 @@ async fn credentials_are_checked() {
         }
         other => panic!("no credentials gave {other:?}"),
     }
+}
+
+/// An operator revokes the session's lease (`etcdctl lease revoke`): its holds report
+/// `Revoked`, not `Expired` or `Deleted`, and its waiters fail with the same reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_lease_reports_revoked() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let held = a.lock("mine").await.unwrap();
+    let blocker = b.lock("theirs").await.unwrap();
+    let waiter = etcd.queued_waiter(&a, "theirs").await;
+
+    etcd.raw().await.lease_revoke(a.lease_id()).await.unwrap();
+
+    let reason = tokio::time::timeout(GUARD, held.lost()).await.unwrap();
+    assert_eq!(reason, LossReason::Revoked);
+    match tokio::time::timeout(GUARD, waiter).await.unwrap().unwrap() {
+        Err(LockError::SessionLost { reason, .. }) => assert_eq!(reason, LossReason::Revoked),
+        other => panic!("the waiter of a revoked session got {other:?}"),
+    }
+    blocker.unlock().await.unwrap();
+}
+
+/// A revoked session that only waits learns of it from its keepalive: the waiter fails with
+/// `Revoked` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_lease_fails_its_waiters() {
+    let etcd = Etcd::with_ttl(3);
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let blocker = b.lock("held").await.unwrap();
+    let waiter = etcd.queued_waiter(&a, "held").await;
+
+    etcd.raw().await.lease_revoke(a.lease_id()).await.unwrap();
+
+    match tokio::time::timeout(GUARD, waiter).await.unwrap().unwrap() {
+        Err(LockError::SessionLost { reason, .. }) => assert_eq!(reason, LossReason::Revoked),
+        other => panic!("the waiter of a revoked session got {other:?}"),
+    }
+    blocker.unlock().await.unwrap();
 }
