@@ -147,3 +147,42 @@ async fn revoked_lease_fails_its_waiters() {
     }
     blocker.unlock().await.unwrap();
 }
+
+/// A session whose runtime shuts down has nothing left to keep its lease alive: it reports
+/// the loss to callers on another runtime instead of hanging or panicking.
+#[test]
+fn session_outliving_its_runtime_reports_loss() {
+    let etcd = Etcd::new();
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (session, guard) = first.block_on(async {
+        let session = etcd.session().await;
+        let guard = session.lock("orphan").await.unwrap();
+        (session, guard)
+    });
+    first.shutdown_timeout(Duration::from_secs(5));
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        match tokio::time::timeout(GUARD, session.lock("orphan")).await {
+            Ok(Err(LockError::SessionLost { reason, .. })) => {
+                assert_eq!(reason, LossReason::Expired)
+            }
+            other => panic!("lock on a session whose runtime is gone gave {other:?}"),
+        }
+        match tokio::time::timeout(GUARD, session.try_lock("other")).await {
+            Ok(Err(LockError::SessionLost { .. })) => {}
+            other => panic!("try_lock on a session whose runtime is gone gave {other:?}"),
+        }
+        // The release cannot run any more (the key goes with the lease): an error, not a hang.
+        let unlocked = tokio::time::timeout(GUARD, guard.unlock()).await;
+        assert!(matches!(unlocked, Ok(Err(_))), "{unlocked:?}");
+        drop(session);
+    });
+}
