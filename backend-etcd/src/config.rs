@@ -179,13 +179,28 @@ impl EtcdConfig {
             .collect()
     }
 
-    /// The client options: timeouts, credentials and TLS.
+    /// The client options: timeouts, HTTP/2 keepalive, credentials and TLS.
+    ///
+    /// An auth token etcd refuses (it expires after `--auth-token-ttl` without use, 5 minutes
+    /// by default, and a quiet hold uses none: keepalives need no token) is renewed and the
+    /// request sent again, by the client for every request and by `retry.rs` on top.
+    ///
+    /// HTTP/2 pings go out after `max(TTL/6, 6 s)` without a frame from the server, and a ping
+    /// unanswered for `TTL/6` (1 to 5 s) closes the connection. They go out only on
+    /// connections with open streams: etcd answers pings more frequent than every 5 s (its
+    /// `--grpc-keepalive-min-time`), or any ping on a connection without streams, with a
+    /// GOAWAY after three of them, closing the connection and every watch on it. The lease's
+    /// keepalive does not rely on these pings: it watches its own replies (see `session.rs`).
     pub(crate) fn connect_options(&self) -> Result<ConnectOptions, LockError> {
+        let ttl = self.ttl();
+        let ping_interval = (ttl / 6).max(Duration::from_secs(6));
+        let ping_timeout = (ttl / 6).clamp(Duration::from_secs(1), Duration::from_secs(5));
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout())
-            .with_keep_alive(self.ttl() / 3 + Duration::from_secs(1), self.ttl())
-            .with_keep_alive_while_idle(true)
-            .with_require_leader(true);
+            .with_keep_alive(ping_interval, ping_timeout)
+            .with_keep_alive_while_idle(false)
+            .with_require_leader(true)
+            .with_auto_token_refresh(true);
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.with_user(user.clone(), password.clone());
         }

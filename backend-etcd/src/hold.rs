@@ -162,14 +162,14 @@ impl PendingKey {
             self.key.clone(),
             revision,
             header + 1,
-            lost.clone(),
+            lost,
             session.ended_watch.clone(),
         ));
         let hold = EtcdHold {
             name: name.to_owned(),
             key: self.key.clone(),
             revision,
-            lost,
+            lost: lost_watch.clone(),
             watcher: watcher.abort_handle(),
             cleanup: Some(cleanup),
         };
@@ -275,7 +275,9 @@ struct EtcdHold {
     name: String,
     key: String,
     revision: i64,
-    lost: LostSignal,
+    /// The hold's loss as its watch task records it. The task owns the only sending half, so
+    /// if it dies with its runtime the guard learns that ownership is unknown.
+    lost: LostWatch,
     watcher: AbortHandle,
     cleanup: Option<Cleanup>,
 }
@@ -296,9 +298,7 @@ impl EtcdHold {
     fn lost_error(&self, reason: Option<LossReason>) -> LockError {
         LockError::LockLost {
             name: self.name.clone(),
-            reason: reason
-                .or_else(|| self.lost.reason())
-                .unwrap_or(LossReason::Deleted),
+            reason: reason.unwrap_or(LossReason::Deleted),
         }
     }
 }
@@ -309,6 +309,8 @@ impl Hold for EtcdHold {
     /// the local ticket until etcd has answered, so a dropped `unlock()` still releases, and no
     /// new hold of this session on the name can start while the delete is outstanding.
     async fn release(mut self: Box<Self>) -> Result<(), LockError> {
+        // Read before the watch task is stopped: stopping it marks the loss unknown.
+        let known_loss = self.lost.reason();
         let Some(release) = self.spawn_release() else {
             return Ok(());
         };
@@ -323,7 +325,7 @@ impl Hold for EtcdHold {
                 if maybe_applied_before {
                     Ok(())
                 } else {
-                    Err(self.lost_error(None))
+                    Err(self.lost_error(known_loss))
                 }
             }
             Ok(Cleaned::SessionEnded(reason)) => Err(self.lost_error(Some(reason))),

@@ -72,6 +72,18 @@ use session::Session;
 ///
 /// Cloning gives another handle to the same session; dropping the last one revokes the lease,
 /// which releases every lock the session held at once.
+///
+/// # Runtime
+/// A session runs on the tokio runtime it was connected on: its keepalive, its watches and the
+/// releases of its guards are tasks there. If that runtime shuts down while the session is
+/// still in use, nothing keeps the lease alive any more: the session ends as
+/// [`LossReason::Expired`](locksmith_api::LossReason::Expired) at once, and etcd expires the
+/// lease, releasing its locks, within the TTL. From any other runtime, `lock` and `try_lock`
+/// then fail with [`LockError::SessionLost`] and a guard's `unlock` returns an error; none of
+/// them hangs or panics. Guards taken on that runtime report the loss too (their watches ran
+/// there), as [`LossReason::Expired`](locksmith_api::LossReason::Expired) or, if the watch
+/// went first, [`LossReason::Unknown`](locksmith_api::LossReason::Unknown). Keep the runtime
+/// alive as long as the session, or [`close`](DistributedLock::close) the session first.
 #[derive(Clone)]
 pub struct EtcdLock {
     session: Arc<Session>,

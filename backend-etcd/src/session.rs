@@ -1,20 +1,20 @@
 //! The client session: one lease, kept alive in the background, whose end every guard and
 //! waiter of the session learns of.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::Client;
+use etcd_client::{Client, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper};
 use locksmith_api::{LockError, LockTable, LossReason, LostSignal, LostWatch};
+use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::EtcdConfig;
-use crate::error::from_etcd;
+use crate::error::{from_etcd, is_lease_gone};
 use crate::hub::WatchHub;
-
-/// Longest pause between attempts to reopen a broken keepalive stream.
-const MAX_RETRY: Duration = Duration::from_secs(1);
+use crate::retry::{attempt_timeout, Backoff};
 
 /// One lease and what hangs off it. Dropping it ends the session and revokes the lease.
 ///
@@ -40,6 +40,10 @@ pub(crate) struct Link {
     pub(crate) endpoints: String,
     ended: LostSignal,
     pub(crate) ended_watch: LostWatch,
+    /// The earliest moment etcd may expire the lease: the TTL counted from the sending of the
+    /// last keepalive etcd answered (etcd counts from its receipt, later). A lease etcd no
+    /// longer knows before then was revoked, not expired.
+    lease_deadline: Mutex<Instant>,
 }
 
 impl std::ops::Deref for Session {
@@ -57,20 +61,22 @@ impl Session {
         let runtime = Handle::try_current()
             .map_err(|err| LockError::config_with("the etcd backend needs a tokio runtime", err))?;
         let endpoints = config.endpoint_list();
+        let urls = config.endpoint_urls();
         let options = config.connect_options()?;
         let ttl = config.ttl();
         let timeout = config.connect_timeout();
         let grant = async {
-            let mut client = Client::connect(config.endpoint_urls(), Some(options))
+            let mut client = Client::connect(&urls, Some(options.clone()))
                 .await
                 .map_err(|err| from_etcd(err, &endpoints, "connect"))?;
+            let asked_at = Instant::now();
             let lease = client
                 .lease_grant(ttl.as_secs() as i64, None)
                 .await
                 .map_err(|err| from_etcd(err, &endpoints, "grant a lease"))?;
-            Ok::<_, LockError>((client, lease.id()))
+            Ok::<_, LockError>((client, lease.id(), asked_at))
         };
-        let (client, lease_id) = match tokio::time::timeout(timeout, grant).await {
+        let (client, lease_id, asked_at) = match tokio::time::timeout(timeout, grant).await {
             Ok(granted) => granted?,
             Err(_) => {
                 return Err(LockError::Unavailable {
@@ -82,25 +88,19 @@ impl Session {
             }
         };
         let (ended, ended_watch) = LostSignal::new();
-        let granted_at = Instant::now();
-        runtime.spawn(keep_alive(
-            client.clone(),
+        let link = Arc::new(Link {
+            watches: WatchHub::start(client.clone(), config, &runtime),
+            client,
             lease_id,
             ttl,
-            granted_at,
-            ended.clone(),
-            ended_watch.clone(),
-        ));
+            endpoints,
+            ended,
+            ended_watch,
+            lease_deadline: Mutex::new(asked_at + ttl),
+        });
+        runtime.spawn(KeepAlive::new(Arc::clone(&link), urls, options).run());
         Ok(Arc::new(Session {
-            link: Arc::new(Link {
-                watches: WatchHub::start(client.clone(), config, &runtime),
-                client,
-                lease_id,
-                ttl,
-                endpoints,
-                ended,
-                ended_watch,
-            }),
+            link,
             namespace: config.namespace.clone(),
             runtime,
             local: LockTable::new(),
@@ -141,10 +141,29 @@ impl Link {
         self.lost_error(reason)
     }
 
-    /// Ends the session because etcd no longer knows its lease (expired or revoked).
+    /// Ends the session because etcd no longer knows its lease: revoked (by an operator,
+    /// another client) if that happens before the lease could have expired, else expired.
     pub(crate) fn lease_gone(&self) -> LockError {
-        self.ended.mark(LossReason::Expired);
-        self.lost_error(self.ended_watch.reason().unwrap_or(LossReason::Expired))
+        let reason = if Instant::now() < self.lease_deadline() {
+            LossReason::Revoked
+        } else {
+            LossReason::Expired
+        };
+        self.ended.mark(reason);
+        self.lost_error(self.ended_watch.reason().unwrap_or(reason))
+    }
+
+    /// The earliest moment etcd may expire the lease, as far as this client knows.
+    fn lease_deadline(&self) -> Instant {
+        *self.lease_deadline.lock()
+    }
+
+    /// Records that etcd renewed the lease until at least `deadline`.
+    fn extend_lease_deadline(&self, deadline: Instant) {
+        let mut current = self.lease_deadline.lock();
+        if deadline > *current {
+            *current = deadline;
+        }
     }
 
     /// Ends the session because a cleanup could not complete, and revokes its lease so that
@@ -190,74 +209,212 @@ impl Drop for Session {
     }
 }
 
-/// Refreshes the lease every TTL/3, reopening the stream on errors, until the session ends;
-/// ends it as expired when no refresh got through before the lease's deadline.
-async fn keep_alive(
-    mut client: Client,
-    lease: i64,
-    ttl: Duration,
-    granted_at: Instant,
-    ended: LostSignal,
-    ended_watch: LostWatch,
-) {
-    let mut deadline = granted_at + ttl;
-    let mut retry = Duration::from_millis(50);
-    loop {
-        let sent_at = Instant::now();
-        let opened = tokio::select! {
-            biased;
-            _ = ended_watch.wait() => return,
-            () = sleep_until(deadline) => break,
-            opened = client.lease_keep_alive(lease) => opened,
-        };
-        let (mut keeper, mut stream) = match opened {
-            Ok(pair) => pair,
-            Err(etcd_client::Error::LeaseKeepAliveError(message)) => {
-                tracing::warn!(lease = %format!("{lease:x}"), %message, "etcd lease is gone");
-                break;
-            }
-            Err(err) => {
-                tracing::debug!(lease = %format!("{lease:x}"), %err, "keepalive failed; retrying");
-                tokio::select! {
-                    biased;
-                    _ = ended_watch.wait() => return,
-                    () = sleep_until(deadline) => break,
-                    () = tokio::time::sleep(retry) => {}
-                }
-                retry = (retry * 2).min(MAX_RETRY);
-                continue;
-            }
-        };
-        // Opening the stream refreshed the lease.
-        deadline = deadline.max(sent_at + ttl);
-        retry = Duration::from_millis(50);
-        let mut sent_at = sent_at;
-        let mut next_send = sent_at + ttl / 3;
-        let lease_gone = loop {
-            tokio::select! {
-                biased;
-                _ = ended_watch.wait() => return,
-                () = sleep_until(deadline) => break true,
-                reply = stream.message() => match reply {
-                    Ok(Some(reply)) if reply.ttl() > 0 => {
-                        let granted = Duration::from_secs(reply.ttl().unsigned_abs());
-                        deadline = deadline.max(sent_at + granted);
-                    }
-                    Ok(Some(_)) => break true,
-                    Ok(None) | Err(_) => break false,
-                },
-                () = sleep_until(next_send) => {
-                    sent_at = Instant::now();
-                    next_send = sent_at + ttl / 3;
-                    if keeper.keep_alive().await.is_err() {
-                        break false;
-                    }
-                }
-            }
-        };
-        if lease_gone {
-            break;
+/// The lease's keepalive: a request every TTL/3 on one stream to one endpoint at a time.
+///
+/// A stream that fails, or whose reply is overdue (a stalled member, a half-open connection),
+/// is given up and reopened through the next endpoint, on a client of its own connected to
+/// that endpoint alone: the session's balanced client could pick the stalled member again.
+/// Each reply extends the lease's deadline from the sending of its own request.
+///
+/// The session ends when the keepalive does: as expired when no refresh got through before
+/// the deadline, as revoked when etcd no longer knows the lease before it, and as expired when
+/// the keepalive task is dropped unfinished (its runtime shut down: nothing keeps the lease
+/// alive any more, and etcd expires it within its TTL).
+struct KeepAlive {
+    link: Arc<Link>,
+    /// The endpoints' URLs, tried in this order, round and round.
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    /// The index in `endpoints` of the endpoint in use.
+    current: usize,
+    /// A client of that endpoint alone, once connected.
+    client: Option<Client>,
+}
+
+/// A keepalive stream, open.
+struct OpenStream {
+    keeper: LeaseKeeper,
+    replies: LeaseKeepAliveStream,
+    /// When its first request was sent (etcd's answer to it opened the stream).
+    opened_at: Instant,
+}
+
+/// How one keepalive stream ended.
+enum StreamEnd {
+    /// The session ended elsewhere (closed, or etcd told a waiter its lease is gone).
+    SessionEnded,
+    /// The deadline passed without a refresh.
+    Expired,
+    /// etcd no longer knows the lease.
+    LeaseGone,
+    /// The stream failed or a reply is overdue: go on through the next endpoint.
+    Failed(String),
+}
+
+impl KeepAlive {
+    fn new(link: Arc<Link>, endpoints: Vec<String>, options: ConnectOptions) -> Self {
+        KeepAlive {
+            link,
+            endpoints,
+            options,
+            current: 0,
+            client: None,
         }
     }
-    ended.mark(LossReason::Expired);
+
+    /// Keeps the lease alive until the session ends, and ends it if the lease goes.
+    async fn run(mut self) {
+        let mut backoff = Backoff::default();
+        let end = loop {
+            let end = match self.open().await {
+                Ok(stream) => {
+                    backoff.reset();
+                    self.refresh(stream).await
+                }
+                Err(end) => end,
+            };
+            let StreamEnd::Failed(why) = end else {
+                break end;
+            };
+            tracing::debug!(
+                session = %self.link.id(),
+                endpoint = %self.endpoints.get(self.current).map_or("", String::as_str),
+                %why,
+                "keepalive stream failed; reopening it through the next endpoint"
+            );
+            self.client = None;
+            self.current = (self.current + 1) % self.endpoints.len().max(1);
+            let pause = Instant::now() + backoff.next_delay();
+            if let Some(end) = self.wait_until(pause).await {
+                break end;
+            }
+        };
+        match end {
+            StreamEnd::Expired => {
+                self.link.ended.mark(LossReason::Expired);
+            }
+            StreamEnd::LeaseGone => {
+                let session = self.link.lease_gone();
+                tracing::warn!(%session, "etcd lease is gone");
+            }
+            StreamEnd::SessionEnded | StreamEnd::Failed(_) => {}
+        }
+    }
+
+    /// Waits until `at`, unless the session ends or the lease's deadline passes first.
+    async fn wait_until(&self, at: Instant) -> Option<StreamEnd> {
+        tokio::select! {
+            biased;
+            _ = self.link.ended_watch.wait() => Some(StreamEnd::SessionEnded),
+            () = sleep_until(self.link.lease_deadline()) => Some(StreamEnd::Expired),
+            () = sleep_until(at) => None,
+        }
+    }
+
+    /// Opens a keepalive stream through the current endpoint: etcd's answer to its first
+    /// request refreshes the lease. An open that takes longer than a reply may counts as failed.
+    async fn open(&mut self) -> Result<OpenStream, StreamEnd> {
+        let sent_at = Instant::now();
+        let link = Arc::clone(&self.link);
+        let opening = tokio::time::timeout(attempt_timeout(link.ttl), self.open_stream());
+        let opened = tokio::select! {
+            biased;
+            _ = link.ended_watch.wait() => return Err(StreamEnd::SessionEnded),
+            () = sleep_until(link.lease_deadline()) => return Err(StreamEnd::Expired),
+            opened = opening => opened,
+        };
+        match opened {
+            Ok(Ok((keeper, stream))) => {
+                link.extend_lease_deadline(sent_at + link.ttl);
+                Ok(OpenStream {
+                    keeper,
+                    replies: stream,
+                    opened_at: sent_at,
+                })
+            }
+            Ok(Err(err)) if is_lease_unknown(&err) => Err(StreamEnd::LeaseGone),
+            Ok(Err(err)) => Err(StreamEnd::Failed(err.to_string())),
+            Err(_) => Err(StreamEnd::Failed("no answer in time".to_owned())),
+        }
+    }
+
+    async fn open_stream(
+        &mut self,
+    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), etcd_client::Error> {
+        let mut client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let endpoint = self
+                    .endpoints
+                    .get(self.current)
+                    .cloned()
+                    .unwrap_or_default();
+                let client = Client::connect([endpoint], Some(self.options.clone())).await?;
+                self.client = Some(client.clone());
+                client
+            }
+        };
+        client.lease_keep_alive(self.link.lease_id).await
+    }
+
+    /// Sends a request every TTL/3 on an open stream and credits each reply to its own
+    /// request, until the stream fails, a reply is overdue, or the session ends.
+    async fn refresh(&self, stream: OpenStream) -> StreamEnd {
+        let OpenStream {
+            mut keeper,
+            mut replies,
+            opened_at,
+        } = stream;
+        let link = &self.link;
+        let every = link.ttl / 3;
+        let overdue = attempt_timeout(link.ttl);
+        // When each unanswered request was sent: etcd answers a stream's requests in order.
+        let mut unanswered: VecDeque<Instant> = VecDeque::new();
+        let mut next_send = opened_at + every;
+        loop {
+            let oldest = unanswered.front().copied();
+            tokio::select! {
+                biased;
+                _ = link.ended_watch.wait() => return StreamEnd::SessionEnded,
+                () = sleep_until(link.lease_deadline()) => return StreamEnd::Expired,
+                reply = replies.message() => match reply {
+                    Ok(Some(reply)) if reply.ttl() > 0 => {
+                        let granted = Duration::from_secs(reply.ttl().unsigned_abs());
+                        if let Some(sent_at) = unanswered.pop_front() {
+                            link.extend_lease_deadline(sent_at + granted);
+                        }
+                    }
+                    Ok(Some(_)) => return StreamEnd::LeaseGone,
+                    Ok(None) => return StreamEnd::Failed("the stream ended".to_owned()),
+                    Err(err) => return StreamEnd::Failed(err.to_string()),
+                },
+                () = sleep_until(oldest.unwrap_or(next_send) + overdue), if oldest.is_some() => {
+                    return StreamEnd::Failed(format!("no reply within {overdue:?}"));
+                }
+                () = sleep_until(next_send) => {
+                    let sent_at = Instant::now();
+                    if let Err(err) = keeper.keep_alive().await {
+                        return StreamEnd::Failed(err.to_string());
+                    }
+                    unanswered.push_back(sent_at);
+                    next_send = sent_at + every;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        // Unfinished (its runtime shut down): nothing refreshes the lease any more.
+        self.link.ended.mark(LossReason::Expired);
+    }
+}
+
+/// True when etcd answered a keepalive for a lease it no longer knows.
+fn is_lease_unknown(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("not found"),
+        other => is_lease_gone(other),
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Etcd, GUARD};
-use locksmith_api::{DistributedLock, LockError};
+use locksmith_api::{DistributedLock, LockError, LossReason};
 use locksmith_etcd::etcd_client::{Compare, CompareOp, TxnOp};
 use locksmith_etcd::{EtcdConfig, EtcdLock};
 
@@ -107,4 +107,84 @@ async fn credentials_are_checked() {
         }
         other => panic!("no credentials gave {other:?}"),
     }
+}
+
+/// An operator revokes the session's lease (`etcdctl lease revoke`): its holds report
+/// `Revoked`, not `Expired` or `Deleted`, and its waiters fail with the same reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_lease_reports_revoked() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let held = a.lock("mine").await.unwrap();
+    let blocker = b.lock("theirs").await.unwrap();
+    let waiter = etcd.queued_waiter(&a, "theirs").await;
+
+    etcd.raw().await.lease_revoke(a.lease_id()).await.unwrap();
+
+    let reason = tokio::time::timeout(GUARD, held.lost()).await.unwrap();
+    assert_eq!(reason, LossReason::Revoked);
+    match tokio::time::timeout(GUARD, waiter).await.unwrap().unwrap() {
+        Err(LockError::SessionLost { reason, .. }) => assert_eq!(reason, LossReason::Revoked),
+        other => panic!("the waiter of a revoked session got {other:?}"),
+    }
+    blocker.unlock().await.unwrap();
+}
+
+/// A revoked session that only waits learns of it from its keepalive: the waiter fails with
+/// `Revoked` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_lease_fails_its_waiters() {
+    let etcd = Etcd::with_ttl(3);
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let blocker = b.lock("held").await.unwrap();
+    let waiter = etcd.queued_waiter(&a, "held").await;
+
+    etcd.raw().await.lease_revoke(a.lease_id()).await.unwrap();
+
+    match tokio::time::timeout(GUARD, waiter).await.unwrap().unwrap() {
+        Err(LockError::SessionLost { reason, .. }) => assert_eq!(reason, LossReason::Revoked),
+        other => panic!("the waiter of a revoked session got {other:?}"),
+    }
+    blocker.unlock().await.unwrap();
+}
+
+/// A session whose runtime shuts down has nothing left to keep its lease alive: it reports
+/// the loss to callers on another runtime instead of hanging or panicking.
+#[test]
+fn session_outliving_its_runtime_reports_loss() {
+    let etcd = Etcd::new();
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (session, guard) = first.block_on(async {
+        let session = etcd.session().await;
+        let guard = session.lock("orphan").await.unwrap();
+        (session, guard)
+    });
+    first.shutdown_timeout(Duration::from_secs(5));
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The guard's watch ran on that runtime too: with it gone, ownership is unknown.
+    assert!(guard.is_lost());
+    second.block_on(async {
+        match tokio::time::timeout(GUARD, session.lock("orphan")).await {
+            Ok(Err(LockError::SessionLost { reason, .. })) => {
+                assert_eq!(reason, LossReason::Expired)
+            }
+            other => panic!("lock on a session whose runtime is gone gave {other:?}"),
+        }
+        match tokio::time::timeout(GUARD, session.try_lock("other")).await {
+            Ok(Err(LockError::SessionLost { .. })) => {}
+            other => panic!("try_lock on a session whose runtime is gone gave {other:?}"),
+        }
+        // The release cannot run any more (the key goes with the lease): an error, not a hang.
+        let unlocked = tokio::time::timeout(GUARD, guard.unlock()).await;
+        assert!(matches!(unlocked, Ok(Err(_))), "{unlocked:?}");
+        drop(session);
+    });
 }

@@ -1,0 +1,83 @@
+//! The session's keepalive on a 3-member cluster: one stalled member expires no session.
+
+use std::time::Duration;
+
+use locksmith_api::DistributedLock;
+use locksmith_etcd::testing::EtcdCluster;
+use locksmith_etcd::{EtcdConfig, EtcdLock};
+
+/// The longest one step of a test may take.
+const GUARD: Duration = Duration::from_secs(30);
+
+/// Stops a member (SIGSTOP) and lets it go on (SIGCONT) when dropped, also when the test fails.
+struct Stalled<'a> {
+    cluster: &'a EtcdCluster,
+    member: usize,
+}
+
+impl<'a> Stalled<'a> {
+    fn stop(cluster: &'a EtcdCluster, member: usize) -> Self {
+        cluster.signal_member(member, "-STOP").unwrap();
+        Stalled { cluster, member }
+    }
+}
+
+impl Drop for Stalled<'_> {
+    fn drop(&mut self) {
+        let _ = self.cluster.signal_member(self.member, "-CONT");
+    }
+}
+
+/// A follower stopped for twice the TTL: the sessions whose keepalive went to it carry on
+/// through the other members, so no hold is lost and every unlock succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_follower_expires_no_session() {
+    const SESSIONS: usize = 9;
+    let cluster = EtcdCluster::start(3).unwrap();
+    let endpoints = cluster.endpoints();
+    let follower = (cluster.leader_index().await.unwrap() + 1) % endpoints.len();
+
+    let mut holds = Vec::new();
+    for i in 0..SESSIONS {
+        // Each member comes first in the endpoint list of a third of the sessions.
+        let mut order = endpoints.clone();
+        order.rotate_left(i % endpoints.len());
+        let config = EtcdConfig {
+            ttl_secs: 3,
+            namespace: "keepalive/".into(),
+            ..EtcdConfig::new(order)
+        };
+        let session = tokio::time::timeout(GUARD, EtcdLock::connect(&config))
+            .await
+            .unwrap()
+            .unwrap();
+        let guard = tokio::time::timeout(GUARD, session.lock(&format!("n{i}")))
+            .await
+            .unwrap()
+            .unwrap();
+        holds.push((session, guard));
+    }
+
+    {
+        let _stalled = Stalled::stop(&cluster, follower);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+
+    let lost: Vec<_> = holds
+        .iter()
+        .filter_map(|(_, guard)| guard.lost_reason().map(|reason| (guard.name(), reason)))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "holds lost to a stalled follower: {lost:?}"
+    );
+    for (session, guard) in holds {
+        let name = guard.name().to_owned();
+        match tokio::time::timeout(GUARD, guard.unlock()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => panic!("unlock of {name} failed: {err}"),
+            Err(_) => panic!("unlock of {name} hung"),
+        }
+        drop(session);
+    }
+}
