@@ -2,7 +2,7 @@
 //! is given up), the hold behind a guard (released on unlock or drop), and the background
 //! cleanup both share, which outlives the future that started it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,24 +21,32 @@ use crate::watch::{self, Watched};
 /// How long a hold lives before its key is watched for deletes (see `watch_hold`).
 const HOLD_WATCH_DELAY: Duration = Duration::from_millis(50);
 
-/// Deletes `key` only if it still has `revision` (0: whatever it has), so a stale release
-/// never deletes a newer hold (etcd issue 22082). True when it deleted.
-async fn delete_if_owned(
+/// How a cleanup recognizes the key it may delete.
+#[derive(Debug, Clone)]
+pub(crate) enum Owned {
+    /// A hold: the key's create revision, so that a stale release never deletes a newer hold
+    /// (etcd issue 22082).
+    Revision(i64),
+    /// A queue attempt: the value it put. Whatever an attempt left behind carries its value,
+    /// and no other attempt's key does, so a late withdrawal cannot delete a newer key.
+    Value(String),
+}
+
+/// Deletes `key` only if it is still the one `owned` describes. True when it deleted.
+pub(crate) async fn delete_if_owned(
     mut client: Client,
     key: String,
-    revision: i64,
+    owned: Owned,
 ) -> Result<bool, etcd_client::Error> {
-    let txn = if revision > 0 {
-        Txn::new()
-            .when([Compare::create_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::delete(key.as_str(), None)])
-    } else {
-        Txn::new().and_then([TxnOp::delete(key.as_str(), None)])
+    let guard = match owned {
+        Owned::Revision(revision) => {
+            Compare::create_revision(key.as_str(), CompareOp::Equal, revision)
+        }
+        Owned::Value(value) => Compare::value(key.as_str(), CompareOp::Equal, value),
     };
+    let txn = Txn::new()
+        .when([guard])
+        .and_then([TxnOp::delete(key.as_str(), None)]);
     Ok(client.txn(txn).await?.succeeded())
 }
 
@@ -50,15 +58,14 @@ pub(crate) fn new_nonce() -> String {
 }
 
 /// Our key while we queue: if the `lock` future is dropped, or fails, the key is withdrawn
-/// (also when the put committed but its reply was lost: the revision is then unknown and the
-/// key is deleted whatever it holds, which is safe because the local ticket keeps every other
-/// task of this session off the name). The local ticket is released only after that.
+/// (also when the put committed but its reply was lost): deleted if it still carries this
+/// attempt's value. The local ticket is released only after that.
 pub(crate) struct PendingKey {
     key: String,
     /// The value this attempt puts, telling its own key from a stale one.
     pub(crate) nonce: String,
-    /// The key's create revision once the queue task knows it (0 until then).
-    pub(crate) revision: Arc<AtomicI64>,
+    /// Set by the queue task before its first request: until then there is nothing to withdraw.
+    pub(crate) sent: Arc<AtomicBool>,
     /// Held by the queue task while it runs.
     pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
     /// Set when nobody waits for the queue task any more.
@@ -75,16 +82,16 @@ struct Cleanup {
 }
 
 impl Cleanup {
-    /// Spawns the deletion of `key` if it still has `revision` (0: whatever it has), once no
-    /// queue task is in flight (`gate`). The task goes on whatever happens to the caller: it
-    /// retries until etcd answers or the session ends (see [`retry::cleanup`]), and only then
-    /// lets the next local task on the name go.
+    /// Spawns the deletion of `key` if it is still `owned`, once `ready` says there is
+    /// something to delete (a queue task in flight has finished). The task goes on whatever
+    /// happens to the caller: it retries until etcd answers or the session ends (see
+    /// [`retry::cleanup`]), and only then lets the next local task on the name go.
     fn spawn(
         self,
         operation: &'static str,
         key: String,
-        revision: Arc<AtomicI64>,
-        gate: Arc<tokio::sync::Mutex<()>>,
+        owned: Owned,
+        ready: impl std::future::Future<Output = bool> + Send + 'static,
     ) -> JoinHandle<Cleaned<bool>> {
         let Cleanup {
             link,
@@ -92,12 +99,17 @@ impl Cleanup {
             ticket,
         } = self;
         runtime.spawn(async move {
-            let _in_flight_done = gate.lock_owned().await;
-            let revision = revision.load(Ordering::SeqCst);
-            let cleaned = retry::cleanup(&link, operation, |client| {
-                delete_if_owned(client, key.clone(), revision)
-            })
-            .await;
+            let cleaned = if ready.await {
+                retry::cleanup(&link, operation, |client| {
+                    delete_if_owned(client, key.clone(), owned.clone())
+                })
+                .await
+            } else {
+                Cleaned::Done {
+                    value: false,
+                    maybe_applied_before: false,
+                }
+            };
             drop(ticket);
             cleaned
         })
@@ -109,7 +121,7 @@ impl PendingKey {
         PendingKey {
             key: key.to_owned(),
             nonce: new_nonce(),
-            revision: Arc::new(AtomicI64::new(0)),
+            sent: Arc::new(AtomicBool::new(false)),
             gate: Arc::new(tokio::sync::Mutex::new(())),
             abandoned: Arc::new(AtomicBool::new(false)),
             cleanup: Some(Cleanup {
@@ -124,11 +136,18 @@ impl PendingKey {
     fn spawn_withdrawal(&mut self) -> Option<JoinHandle<Cleaned<bool>>> {
         self.abandoned.store(true, Ordering::SeqCst);
         let cleanup = self.cleanup.take()?;
+        let (gate, sent) = (Arc::clone(&self.gate), Arc::clone(&self.sent));
+        // Once the gate is ours, the queue task has finished, or will see `abandoned` and
+        // send nothing.
+        let ready = async move {
+            drop(gate.lock_owned().await);
+            sent.load(Ordering::SeqCst)
+        };
         Some(cleanup.spawn(
             "withdraw from the lock queue",
             self.key.clone(),
-            Arc::clone(&self.revision),
-            Arc::clone(&self.gate),
+            Owned::Value(self.nonce.clone()),
+            ready,
         ))
     }
 
@@ -290,8 +309,8 @@ impl EtcdHold {
         Some(cleanup.spawn(
             "release the lock",
             self.key.clone(),
-            Arc::new(AtomicI64::new(self.revision)),
-            Arc::default(),
+            Owned::Revision(self.revision),
+            std::future::ready(true),
         ))
     }
 

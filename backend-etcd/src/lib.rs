@@ -25,13 +25,18 @@
 //!
 //! # Cleanup and cancellation
 //! Every path that gives a key up (an unlock, a dropped guard, a withdrawn or failed `lock`, a
-//! `try_lock` that found the lock taken) deletes it in a task of its own, guarded by the key's
-//! create revision, and retries until etcd answers or the session ends; dropping the future
-//! that started it changes nothing. Until then the session's other tasks stay off that name,
-//! so no new hold can meet an outstanding delete. A `lock` never adopts a key of its session
-//! that it did not create itself: it deletes it and queues afresh. A cleanup that etcd keeps
-//! refusing (permissions, a bad request; or any failure for longer than the TTL) ends the
-//! session and revokes its lease, so the lock passes on instead of staying blocked.
+//! `try_lock` that found the lock taken) deletes it in a task of its own and retries until
+//! etcd answers or the session ends; dropping the future that started it changes nothing.
+//! Until then the session's other tasks stay off that name. Each delete is guarded, so that a
+//! late one can never remove a newer key of the session: a release by the key's create
+//! revision, a withdrawal by the value its queue attempt put (a withdrawal whose queue attempt
+//! never went out sends nothing). A `lock` never adopts a key of its session that it did not
+//! create itself: it deletes it and queues afresh. A queue attempt whose request may still
+//! reach etcd after the attempt gave up (a timeout, a broken connection) is remembered for ten
+//! TTLs (at least 30 s), and a key it leaves behind is deleted while no task of the session uses
+//! the name. A cleanup that etcd keeps refusing (for a third of the TTL), or that fails in any
+//! way for a whole TTL, ends the session and revokes its lease, so the lock passes on instead
+//! of staying blocked.
 //!
 //! # Handoff
 //! A waiter watches the next-older key for its delete from the revision after the one it read
@@ -53,6 +58,7 @@ mod hub;
 mod mutex;
 mod retry;
 mod session;
+mod sweep;
 mod watch;
 
 #[cfg(feature = "testing")]

@@ -5,7 +5,7 @@
 //! the owner is the direct child of `{namespace}{name}/` with the lowest create revision. A
 //! waiter watches the next-older key for its delete and goes on until none is left.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use etcd_client::{
@@ -25,6 +25,8 @@ const PAGE: i64 = 64;
 
 /// Where this session's key for one lock name lives.
 struct LockKeys {
+    /// The lock name.
+    name: String,
     /// `{namespace}{name}/`: every waiter's key is a direct child.
     prefix: String,
     /// `{prefix}{lease id in hex}`.
@@ -35,7 +37,11 @@ impl LockKeys {
     fn new(session: &Session, name: &str) -> Self {
         let prefix = format!("{}{}/", session.namespace, name);
         let own = format!("{prefix}{:x}", session.lease_id);
-        LockKeys { prefix, own }
+        LockKeys {
+            name: name.to_owned(),
+            prefix,
+            own,
+        }
     }
 
     /// True for `{prefix}{x}` where `x` has no `/`: a key of this lock, not of a lock
@@ -124,38 +130,29 @@ async fn enqueue(
     let own = keys.own.clone();
     let prefix = keys.prefix.clone();
     let nonce = pending.nonce.clone();
-    let revision = Arc::clone(&pending.revision);
+    let sent = Arc::clone(&pending.sent);
     let gate = Arc::clone(&pending.gate);
     let abandoned = Arc::clone(&pending.abandoned);
+    let (unsure, local, runtime) = (
+        Arc::clone(&session.unsure),
+        Arc::clone(&session.local),
+        session.runtime.clone(),
+    );
+    let name = keys.name.clone();
     let flight = session.runtime.spawn(async move {
         let _in_flight = gate.lock_owned().await;
-        let mut stale = 0;
-        loop {
-            if abandoned.load(Ordering::SeqCst) {
-                return Err(LockError::LockLost {
-                    name: prefix.trim_end_matches('/').to_owned(),
-                    reason: LossReason::Unknown,
-                });
-            }
-            let txn = queue_txn(&link, &own, &prefix, &nonce, stale);
-            let reply = retry::retry(&link, "queue for the lock", |mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?;
-            match read_queue_reply(&reply, &own, &nonce)? {
-                QueueReply::Queued(queued) => {
-                    revision.store(queued.revision, Ordering::SeqCst);
-                    return Ok(queued);
-                }
-                // Our key is there but this attempt did not create it: a hold or withdrawal
-                // whose delete may still be in flight. Never adopt it: delete it (guarded by
-                // its revision) and queue afresh, so the token is new and no stale delete can
-                // remove the new hold.
-                QueueReply::Stale(found) => stale = found,
-                QueueReply::Gone => stale = 0,
-            }
+        let mut attempts = 0;
+        let queued = queue_attempts(&link, &name, &own, &prefix, &nonce, &abandoned, || {
+            attempts += 1;
+            sent.store(true, Ordering::SeqCst);
+        })
+        .await;
+        // An attempt that failed or timed out after it was sent may still be applied later,
+        // after this key is gone: the session sweeps for what it would leave behind.
+        if attempts > 1 || (attempts == 1 && queued.is_err()) {
+            unsure.note(&link, &local, &runtime, &name, &own, &nonce);
         }
+        queued
     });
     match flight.await {
         Ok(queued) => queued,
@@ -164,6 +161,43 @@ async fn enqueue(
             operation: "queue for the lock".to_owned(),
             source: Box::new(err),
         }),
+    }
+}
+
+/// The queue attempts of [`enqueue`]; `on_send` sees every request before it goes out.
+async fn queue_attempts(
+    link: &Link,
+    name: &str,
+    own: &str,
+    prefix: &str,
+    nonce: &str,
+    abandoned: &AtomicBool,
+    mut on_send: impl FnMut(),
+) -> Result<Queued, LockError> {
+    let mut stale = 0;
+    loop {
+        if abandoned.load(Ordering::SeqCst) {
+            return Err(LockError::LockLost {
+                name: name.to_owned(),
+                reason: LossReason::Unknown,
+            });
+        }
+        let txn = queue_txn(link, own, prefix, nonce, stale);
+        let reply = retry::retry(link, "queue for the lock", |mut client| {
+            on_send();
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        match read_queue_reply(&reply, own, nonce)? {
+            QueueReply::Queued(queued) => return Ok(queued),
+            // Our key is there but this attempt did not create it: a hold or withdrawal whose
+            // delete may still be in flight. Never adopt it: delete it (guarded by its
+            // revision) and queue afresh, so the token is new and no stale delete can remove
+            // the new hold.
+            QueueReply::Stale(found) => stale = found,
+            QueueReply::Gone => stale = 0,
+        }
     }
 }
 

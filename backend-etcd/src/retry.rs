@@ -20,7 +20,8 @@ use crate::session::Link;
 const FIRST_DELAY: Duration = Duration::from_millis(20);
 /// The longest pause between attempts.
 const MAX_DELAY: Duration = Duration::from_secs(1);
-/// How many attempts a cleanup makes on errors that are not transient before it gives up.
+/// How many attempts in a row a cleanup makes on errors that are not transient (and for at
+/// least a third of the TTL) before it gives up.
 const PERMANENT_ATTEMPTS: u32 = 4;
 
 /// What an etcd error means for the next attempt.
@@ -196,7 +197,7 @@ where
         if let Some(reason) = link.ended_watch.reason() {
             return Cleaned::SessionEnded(reason);
         }
-        match attempt(link, call(link.client.clone())).await {
+        let failure = match attempt(link, call(link.client.clone())).await {
             Some(Ok(value)) => {
                 return Cleaned::Done {
                     value,
@@ -204,8 +205,11 @@ where
                 }
             }
             Some(Err(err)) => {
-                maybe_applied_before = true;
-                match classify(&err) {
+                let kind = classify(&err);
+                // Only a request that may have reached etcd unanswered can have been applied;
+                // a refusal was not.
+                maybe_applied_before |= is_unavailable(&err);
+                match kind {
                     ErrorKind::LeaseGone => {
                         let _ = link.lease_gone();
                         return Cleaned::SessionEnded(
@@ -217,23 +221,27 @@ where
                 }
                 tracing::warn!(%err, operation, "etcd cleanup failed; retrying");
                 refresh_if_stale(link, &err).await;
-                if permanent_failures >= PERMANENT_ATTEMPTS || started.elapsed() > link.ttl {
-                    tracing::error!(
-                        %err,
-                        operation,
-                        session = %link.id(),
-                        "etcd cleanup keeps failing: revoking the session so its locks pass on"
-                    );
-                    link.abandon().await;
-                    return Cleaned::SessionEnded(
-                        link.ended_watch.reason().unwrap_or(LossReason::Revoked),
-                    );
-                }
+                err.to_string()
             }
             None => {
                 maybe_applied_before = true;
                 tracing::debug!(operation, "etcd cleanup timed out; retrying");
+                "no answer in time".to_owned()
             }
+        };
+        // Give up only on a failure that lasted: refusals for a third of the TTL, or any
+        // failure for the whole TTL.
+        let refused_for_long =
+            permanent_failures >= PERMANENT_ATTEMPTS && started.elapsed() >= link.ttl / 3;
+        if refused_for_long || started.elapsed() > link.ttl {
+            tracing::error!(
+                failure,
+                operation,
+                session = %link.id(),
+                "etcd cleanup keeps failing: revoking the session so its locks pass on"
+            );
+            link.abandon().await;
+            return Cleaned::SessionEnded(link.ended_watch.reason().unwrap_or(LossReason::Revoked));
         }
         if backoff.wait(link).await.is_err() {
             // The session ended while we waited: loop once more to report it.

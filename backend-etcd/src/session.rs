@@ -15,6 +15,7 @@ use crate::config::EtcdConfig;
 use crate::error::{from_etcd, is_lease_gone};
 use crate::hub::WatchHub;
 use crate::retry::{attempt_timeout, Backoff};
+use crate::sweep::UnsurePuts;
 
 /// One lease and what hangs off it. Dropping it ends the session and revokes the lease.
 ///
@@ -26,6 +27,8 @@ pub(crate) struct Session {
     /// Serializes this session's own tasks per name before they touch etcd: one lease owns
     /// one key per name, so two tasks must never share it.
     pub(crate) local: Arc<LockTable<()>>,
+    /// Queue puts that may still land after their attempt gave up (see `sweep.rs`).
+    pub(crate) unsure: Arc<UnsurePuts>,
 }
 
 /// The client, the lease and the session's end signal: what a hold needs to release itself
@@ -104,6 +107,7 @@ impl Session {
             namespace: config.namespace.clone(),
             runtime,
             local: LockTable::new(),
+            unsure: Arc::default(),
         }))
     }
 

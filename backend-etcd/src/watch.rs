@@ -36,7 +36,16 @@ pub(crate) async fn gone(
         return Ok(Watched::Reread);
     }
     let mut client = link.client.clone();
-    let now = client.get(key, None).await?;
+    // A member that stops answering must not hold the waiter longer than one attempt: the
+    // caller reads again (through a member that answers) after a `Reread`.
+    let read = tokio::time::timeout(
+        crate::retry::attempt_timeout(link.ttl),
+        client.get(key, None),
+    );
+    let Ok(now) = read.await else {
+        return Ok(Watched::Reread);
+    };
+    let now = now?;
     if now
         .kvs()
         .first()

@@ -117,7 +117,9 @@ pub enum LossReason {
     Expired,
     /// The session was closed by its client (`close()` or the last handle dropped).
     Closed,
-    /// The session was revoked from outside (an operator or another client).
+    /// The session's lease was revoked: from outside (an operator or another client), or by the
+    /// backend itself when it could not release a hold and ended the session rather than leave
+    /// the lock blocked.
     Revoked,
     /// The hold itself was removed from outside (its key deleted), the session lives on.
     Deleted,
