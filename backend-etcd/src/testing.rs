@@ -308,6 +308,32 @@ impl EtcdServer {
     }
 }
 
+/// A member stopped with SIGSTOP (a stalled process: its connections stay open, nothing is
+/// answered); SIGCONT when dropped, also when the test fails.
+#[must_use = "the member goes on as soon as this is dropped"]
+pub struct Stopped<'a> {
+    member: &'a Member,
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let _ = self.member.signal("-CONT");
+    }
+}
+
+impl EtcdServer {
+    /// Stops etcd (SIGSTOP) until the returned value is dropped.
+    ///
+    /// # Errors
+    /// When the member is not running or `kill` fails.
+    pub fn stop(&self) -> Result<Stopped<'_>, HarnessError> {
+        self.member.signal("-STOP")?;
+        Ok(Stopped {
+            member: &self.member,
+        })
+    }
+}
+
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.member.kill();
@@ -369,6 +395,19 @@ impl EtcdCluster {
             Some(member) => member.signal(signal),
             None => Err(format!("no member {index}").into()),
         }
+    }
+
+    /// Stops member `index` (SIGSTOP) until the returned value is dropped.
+    ///
+    /// # Errors
+    /// When there is no such running member or `kill` fails.
+    pub fn stop_member(&self, index: usize) -> Result<Stopped<'_>, HarnessError> {
+        let member = self
+            .members
+            .get(index)
+            .ok_or_else(|| format!("no member {index}"))?;
+        member.signal("-STOP")?;
+        Ok(Stopped { member })
     }
 
     /// True while member `index` runs (it was not killed, or was restarted).

@@ -20,22 +20,6 @@ async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     }
 }
 
-/// Sends SIGCONT to etcd when dropped, so a failing test never leaves it stopped.
-struct Stopped<'a>(&'a Etcd);
-
-impl<'a> Stopped<'a> {
-    fn stop(etcd: &'a Etcd) -> Self {
-        etcd.server.signal("-STOP").unwrap();
-        Stopped(etcd)
-    }
-}
-
-impl Drop for Stopped<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.server.signal("-CONT");
-    }
-}
-
 /// Waits until the keys of `name` are exactly `expected`.
 async fn keys_become(etcd: &Etcd, name: &str, expected: Vec<String>) {
     within("the queue to settle", async {
@@ -97,7 +81,7 @@ async fn relock_after_a_cancelled_unlock_never_holds_twice() {
     let first_token = first.fencing_token();
     let b_waiter = etcd.queued_waiter(&b, "twice").await;
     let again = {
-        let stopped = Stopped::stop(&etcd);
+        let stopped = etcd.server.stop().unwrap();
         let cancelled = tokio::time::timeout(Duration::from_millis(150), first.unlock()).await;
         assert!(cancelled.is_err(), "unlock completed on a stopped etcd");
         // The release is still outstanding: the session's ticket on the name stays taken.
@@ -131,7 +115,7 @@ async fn a_cancelled_unlock_still_releases() {
     let held = a.lock("cancel-unlock").await.unwrap();
     let waiter = etcd.queued_waiter(&b, "cancel-unlock").await;
     {
-        let _stopped = Stopped::stop(&etcd);
+        let _stopped = etcd.server.stop().unwrap();
         let cancelled = tokio::time::timeout(Duration::from_millis(150), held.unlock()).await;
         assert!(cancelled.is_err());
     }

@@ -9,25 +9,6 @@ use locksmith_etcd::{EtcdConfig, EtcdLock};
 /// The longest one step of a test may take.
 const GUARD: Duration = Duration::from_secs(30);
 
-/// Stops a member (SIGSTOP) and lets it go on (SIGCONT) when dropped, also when the test fails.
-struct Stalled<'a> {
-    cluster: &'a EtcdCluster,
-    member: usize,
-}
-
-impl<'a> Stalled<'a> {
-    fn stop(cluster: &'a EtcdCluster, member: usize) -> Self {
-        cluster.signal_member(member, "-STOP").unwrap();
-        Stalled { cluster, member }
-    }
-}
-
-impl Drop for Stalled<'_> {
-    fn drop(&mut self) {
-        let _ = self.cluster.signal_member(self.member, "-CONT");
-    }
-}
-
 /// A follower stopped for twice the TTL: the sessions whose keepalive went to it carry on
 /// through the other members, so no hold is lost and every unlock succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +40,7 @@ async fn stalled_follower_expires_no_session() {
     }
 
     {
-        let _stalled = Stalled::stop(&cluster, follower);
+        let _stalled = cluster.stop_member(follower).unwrap();
         tokio::time::sleep(Duration::from_secs(6)).await;
     }
 

@@ -15,25 +15,6 @@ const BOUND: Duration = Duration::from_secs(3);
 /// Long enough for a watch to be created on the session's stream.
 const SETTLE: Duration = Duration::from_millis(500);
 
-/// SIGCONTs the member when dropped, also when the test panics.
-struct Stopped<'a> {
-    cluster: &'a EtcdCluster,
-    index: usize,
-}
-
-impl<'a> Stopped<'a> {
-    fn new(cluster: &'a EtcdCluster, index: usize) -> Self {
-        cluster.signal_member(index, "-STOP").expect("SIGSTOP");
-        Stopped { cluster, index }
-    }
-}
-
-impl Drop for Stopped<'_> {
-    fn drop(&mut self) {
-        let _ = self.cluster.signal_member(self.index, "-CONT");
-    }
-}
-
 /// The cluster, the index of its leader and of one follower.
 async fn cluster() -> (EtcdCluster, usize, usize) {
     let cluster = EtcdCluster::start(3).expect("cluster");
@@ -92,7 +73,7 @@ async fn a_waiter_whose_watch_stream_is_on_a_stopped_member_gets_the_lock_in_tim
     wait_for_keys(&mut raw(&cluster, leader).await, "stall/n/", 2).await;
     tokio::time::sleep(SETTLE).await;
 
-    let stopped = Stopped::new(&cluster, follower);
+    let stopped = cluster.stop_member(follower).unwrap();
     tokio::time::timeout(GUARD, guard.unlock())
         .await
         .expect("unlock hung")
@@ -118,7 +99,7 @@ async fn a_hold_whose_watch_stream_is_on_a_stopped_member_learns_of_its_loss_in_
     // The hold's watch starts after a moment; let it be created on the follower's stream.
     tokio::time::sleep(SETTLE).await;
 
-    let stopped = Stopped::new(&cluster, follower);
+    let stopped = cluster.stop_member(follower).unwrap();
     let mut operator = raw(&cluster, leader).await;
     operator.delete(guard.key(), None).await.expect("delete");
     let deleted = Instant::now();
