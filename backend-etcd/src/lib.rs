@@ -34,9 +34,10 @@
 //! create itself: it deletes it and queues afresh. A queue attempt whose request may still
 //! reach etcd after the attempt gave up (a timeout, a broken connection) is remembered for ten
 //! TTLs (at least 30 s), and a key it leaves behind is deleted while no task of the session uses
-//! the name. A cleanup that etcd keeps refusing (for a third of the TTL), or that fails in any
-//! way for a whole TTL, ends the session and revokes its lease, so the lock passes on instead
-//! of staying blocked.
+//! the name. A cleanup that etcd keeps refusing (permissions for a third of the TTL, "too many
+//! requests" or a rejected auth token for a whole TTL) ends the session and revokes its lease,
+//! so the lock passes on instead of staying blocked; an unreachable etcd is waited out while
+//! the session lives (if it stays unreachable, the session expires and its keys go with it).
 //!
 //! # Handoff
 //! A waiter watches the next-older key for its delete from the revision after the one it read

@@ -20,8 +20,7 @@ use crate::session::Link;
 const FIRST_DELAY: Duration = Duration::from_millis(20);
 /// The longest pause between attempts.
 const MAX_DELAY: Duration = Duration::from_secs(1);
-/// How many attempts in a row a cleanup makes on errors that are not transient (and for at
-/// least a third of the TTL) before it gives up.
+/// How many permanent refusals in a row (over at least a third of the TTL) end a cleanup.
 const PERMANENT_ATTEMPTS: u32 = 4;
 
 /// What an etcd error means for the next attempt.
@@ -179,19 +178,53 @@ pub(crate) enum Cleaned<T> {
     SessionEnded(LossReason),
 }
 
+/// Refusals in a row: etcd answered, but not with success (permissions, "too many requests",
+/// an auth token it keeps refusing). A failure of the transport or a timeout ends the run: an
+/// unreachable etcd ends the session by itself, through its keepalive.
+#[derive(Default)]
+struct Refusals {
+    /// When the run began.
+    since: Option<Instant>,
+    /// How many of the run's last refusals in a row were permanent.
+    permanent: u32,
+}
+
+impl Refusals {
+    fn refused(&mut self, kind: ErrorKind) {
+        self.since.get_or_insert_with(Instant::now);
+        if kind == ErrorKind::Permanent {
+            self.permanent += 1;
+        } else {
+            self.permanent = 0;
+        }
+    }
+
+    fn interrupted(&mut self) {
+        *self = Refusals::default();
+    }
+
+    /// True when the refusals have lasted: permanent ones [`PERMANENT_ATTEMPTS`] times in a
+    /// row over a third of the TTL, any for a whole TTL.
+    fn hopeless(&self, ttl: Duration) -> bool {
+        let Some(since) = self.since else {
+            return false;
+        };
+        let lasted = since.elapsed();
+        (self.permanent >= PERMANENT_ATTEMPTS && lasted >= ttl / 3) || lasted > ttl
+    }
+}
+
 /// Runs a cleanup call (a release, a withdrawal) until it succeeds or the session ends,
-/// retrying every failure with backoff. A cleanup that cannot succeed (errors that are not
-/// transient on [`PERMANENT_ATTEMPTS`] attempts in a row, or failures of any kind for longer
-/// than the session's TTL) ends the session and revokes its lease, so the key goes and the lock
-/// passes on: a key is never left behind on a live lease.
+/// retrying every failure with backoff. A cleanup that etcd keeps refusing (see [`Refusals`])
+/// ends the session and revokes its lease, so the key goes and the lock passes on: a key is
+/// never left behind on a live lease. Unavailability is waited out while the session lives.
 pub(crate) async fn cleanup<T, F, Fut>(link: &Link, operation: &str, mut call: F) -> Cleaned<T>
 where
     F: FnMut(etcd_client::Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let mut backoff = Backoff::default();
-    let started = Instant::now();
-    let mut permanent_failures = 0;
+    let mut refusals = Refusals::default();
     let mut maybe_applied_before = false;
     loop {
         if let Some(reason) = link.ended_watch.reason() {
@@ -206,18 +239,19 @@ where
             }
             Some(Err(err)) => {
                 let kind = classify(&err);
+                if kind == ErrorKind::LeaseGone {
+                    let _ = link.lease_gone();
+                    return Cleaned::SessionEnded(
+                        link.ended_watch.reason().unwrap_or(LossReason::Expired),
+                    );
+                }
                 // Only a request that may have reached etcd unanswered can have been applied;
                 // a refusal was not.
-                maybe_applied_before |= is_unavailable(&err);
-                match kind {
-                    ErrorKind::LeaseGone => {
-                        let _ = link.lease_gone();
-                        return Cleaned::SessionEnded(
-                            link.ended_watch.reason().unwrap_or(LossReason::Expired),
-                        );
-                    }
-                    ErrorKind::Permanent => permanent_failures += 1,
-                    ErrorKind::Transient => permanent_failures = 0,
+                if is_unavailable(&err) {
+                    maybe_applied_before = true;
+                    refusals.interrupted();
+                } else {
+                    refusals.refused(kind);
                 }
                 tracing::warn!(%err, operation, "etcd cleanup failed; retrying");
                 refresh_if_stale(link, &err).await;
@@ -225,20 +259,17 @@ where
             }
             None => {
                 maybe_applied_before = true;
+                refusals.interrupted();
                 tracing::debug!(operation, "etcd cleanup timed out; retrying");
                 "no answer in time".to_owned()
             }
         };
-        // Give up only on a failure that lasted: refusals for a third of the TTL, or any
-        // failure for the whole TTL.
-        let refused_for_long =
-            permanent_failures >= PERMANENT_ATTEMPTS && started.elapsed() >= link.ttl / 3;
-        if refused_for_long || started.elapsed() > link.ttl {
+        if refusals.hopeless(link.ttl) {
             tracing::error!(
                 failure,
                 operation,
                 session = %link.id(),
-                "etcd cleanup keeps failing: revoking the session so its locks pass on"
+                "etcd keeps refusing a cleanup: revoking the session so its locks pass on"
             );
             link.abandon().await;
             return Cleaned::SessionEnded(link.ended_watch.reason().unwrap_or(LossReason::Revoked));
@@ -293,6 +324,29 @@ mod tests {
         ] {
             assert_eq!(classify(&err), kind, "{err}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_lasting_refusals_are_hopeless() {
+        let ttl = Duration::from_secs(3);
+        let mut permanent = Refusals::default();
+        for _ in 0..PERMANENT_ATTEMPTS {
+            permanent.refused(ErrorKind::Permanent);
+        }
+        assert!(!permanent.hopeless(ttl), "given up at once");
+        tokio::time::advance(ttl / 3).await;
+        assert!(permanent.hopeless(ttl));
+
+        let mut overloaded = Refusals::default();
+        overloaded.refused(ErrorKind::Transient);
+        tokio::time::advance(ttl).await;
+        overloaded.refused(ErrorKind::Transient);
+        assert!(!overloaded.hopeless(ttl));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(overloaded.hopeless(ttl));
+        // A timeout or an unreachable member in between starts the count again.
+        overloaded.interrupted();
+        assert!(!overloaded.hopeless(ttl));
     }
 
     #[test]
