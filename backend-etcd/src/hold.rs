@@ -348,11 +348,9 @@ impl Hold for EtcdHold {
                 }
             }
             Ok(Cleaned::SessionEnded(reason)) => Err(self.lost_error(Some(reason))),
-            Err(err) => Err(LockError::Backend {
-                backend: "etcd",
-                operation: "release the lock".to_owned(),
-                source: Box::new(err),
-            }),
+            // The release task could not run: its runtime is shutting down, taking the session
+            // (and, with its lease, the key) with it.
+            Err(_) => Err(self.lost_error(Some(known_loss.unwrap_or(LossReason::Unknown)))),
         }
     }
 }

@@ -184,7 +184,10 @@ fn session_outliving_its_runtime_reports_loss() {
         }
         // The release cannot run any more (the key goes with the lease): an error, not a hang.
         let unlocked = tokio::time::timeout(GUARD, guard.unlock()).await;
-        assert!(matches!(unlocked, Ok(Err(_))), "{unlocked:?}");
+        assert!(
+            matches!(unlocked, Ok(Err(LockError::LockLost { .. }))),
+            "{unlocked:?}"
+        );
         drop(session);
     });
 }
