@@ -2,13 +2,16 @@
 //! on, neither the errors, the `Debug` forms, the tracing logs nor the `locksmith` binary's
 //! output contain it.
 
+mod support;
+
 use std::fmt::Write as _;
 use std::process::Command;
 use std::sync::Arc;
 
-use locksmith::{LockConfig, LockError};
+use locksmith::LockConfig;
 use locksmith_etcd::testing::{enable_auth, EtcdServer};
 use std::sync::Mutex;
+use support::error_text;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -44,17 +47,6 @@ impl Subscriber for Recorder {
     }
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}
-}
-
-/// The error, its causes and its `Debug`, as one string.
-fn full_text(err: &LockError) -> String {
-    let mut text = format!("{err} {err:?}");
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause} {cause:?}"));
-        source = cause.source();
-    }
-    text
 }
 
 fn url(endpoint: &str, password: &str) -> String {
@@ -102,7 +94,7 @@ async fn no_password_in_errors_debug_or_logs() {
         let config: LockConfig = config.parse().unwrap();
         match config.connect().await {
             Err(err) => {
-                let text = full_text(&err);
+                let text = error_text(&err);
                 assert!(
                     !text.contains(SECRET) && !text.contains("wrong-Pass"),
                     "{text}"

@@ -1,6 +1,8 @@
 //! Property tests over user input: lock names and configuration text never panic, always give
 //! success or a typed error, and distinct names stay independent locks.
 
+mod support;
+
 use locksmith::{validate_name, DistributedLock, LockConfig, LockError, MemoryStore, MAX_NAME_LEN};
 use proptest::prelude::*;
 
@@ -75,19 +77,11 @@ proptest! {
 /// form nor an error about a URL carrying the password shows the password.
 #[cfg(feature = "etcd")]
 mod credentials {
-    use locksmith::{EtcdConfig, EtcdTls, LockConfig, LockError};
+    use locksmith::{EtcdConfig, EtcdTls, LockConfig};
     use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
     use proptest::prelude::*;
 
-    fn error_text(err: &LockError) -> String {
-        let mut text = format!("{err} {err:?}");
-        let mut source = std::error::Error::source(err);
-        while let Some(cause) = source {
-            text.push_str(&format!(": {cause} {cause:?}"));
-            source = cause.source();
-        }
-        text
-    }
+    use crate::support::error_text;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2_000))]
