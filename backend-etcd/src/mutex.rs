@@ -24,6 +24,7 @@ use crate::watch::{self, Watched};
 const PAGE: i64 = 64;
 
 /// Where this session's key for one lock name lives.
+#[derive(Clone)]
 struct LockKeys {
     /// The lock name.
     name: String,
@@ -117,18 +118,17 @@ struct Queued {
 /// Puts our key, fresh, and reads the oldest key under the prefix: one round trip unless a key
 /// of ours was already there.
 ///
-/// The attempts run in a task of their own that holds the pending key's gate and records our
-/// revision there: if this future is dropped mid-flight, the withdrawal waits for the gate and
-/// so never races a put that commits after it (the "reply lost" case). The task stops at its
-/// next attempt once nobody waits for it.
+/// The attempts run in a task of their own that holds the pending key's gate and marks the key
+/// sent: if this future is dropped mid-flight, the withdrawal waits for the gate and so never
+/// races a put that commits after it (the "reply lost" case). The task stops at its next
+/// attempt once nobody waits for it.
 async fn enqueue(
     session: &Session,
     keys: &LockKeys,
     pending: &PendingKey,
 ) -> Result<Queued, LockError> {
     let link = session.link();
-    let own = keys.own.clone();
-    let prefix = keys.prefix.clone();
+    let keys = keys.clone();
     let nonce = pending.nonce.clone();
     let sent = Arc::clone(&pending.sent);
     let gate = Arc::clone(&pending.gate);
@@ -138,19 +138,14 @@ async fn enqueue(
         Arc::clone(&session.local),
         session.runtime.clone(),
     );
-    let name = keys.name.clone();
     let flight = session.runtime.spawn(async move {
         let _in_flight = gate.lock_owned().await;
-        let mut attempts = 0;
-        let queued = queue_attempts(&link, &name, &own, &prefix, &nonce, &abandoned, || {
-            attempts += 1;
-            sent.store(true, Ordering::SeqCst);
-        })
-        .await;
+        let mut unanswered = false;
+        let queued = queue_attempts(&link, &keys, &nonce, &abandoned, &sent, &mut unanswered).await;
         // An attempt that failed or timed out after it was sent may still be applied later,
         // after this key is gone: the session sweeps for what it would leave behind.
-        if attempts > 1 || (attempts == 1 && queued.is_err()) {
-            unsure.note(&link, &local, &runtime, &name, &own, &nonce);
+        if unanswered {
+            unsure.note(&link, &local, &runtime, &keys.name, &keys.own, &nonce);
         }
         queued
     });
@@ -164,32 +159,37 @@ async fn enqueue(
     }
 }
 
-/// The queue attempts of [`enqueue`]; `on_send` sees every request before it goes out.
+/// The queue attempts of [`enqueue`]. Sets `sent` before the first request goes out, and
+/// `unanswered` once a sent request got no reply (its put may still land).
 async fn queue_attempts(
     link: &Link,
-    name: &str,
-    own: &str,
-    prefix: &str,
+    keys: &LockKeys,
     nonce: &str,
     abandoned: &AtomicBool,
-    mut on_send: impl FnMut(),
+    sent: &AtomicBool,
+    unanswered: &mut bool,
 ) -> Result<Queued, LockError> {
     let mut stale = 0;
     loop {
         if abandoned.load(Ordering::SeqCst) {
             return Err(LockError::LockLost {
-                name: name.to_owned(),
+                name: keys.name.clone(),
                 reason: LossReason::Unknown,
             });
         }
-        let txn = queue_txn(link, own, prefix, nonce, stale);
+        let txn = queue_txn(link, &keys.own, &keys.prefix, nonce, stale);
+        // `retry` calls again only after an attempt that failed or timed out.
+        let mut calls = 0;
         let reply = retry::retry(link, "queue for the lock", |mut client| {
-            on_send();
+            calls += 1;
+            sent.store(true, Ordering::SeqCst);
             let txn = txn.clone();
             async move { client.txn(txn).await }
         })
-        .await?;
-        match read_queue_reply(&reply, own, nonce)? {
+        .await;
+        *unanswered |= calls > 1 || (calls == 1 && reply.is_err());
+        let reply = reply?;
+        match read_queue_reply(&reply, &keys.own, nonce)? {
             QueueReply::Queued(queued) => return Ok(queued),
             // Our key is there but this attempt did not create it: a hold or withdrawal whose
             // delete may still be in flight. Never adopt it: delete it (guarded by its
