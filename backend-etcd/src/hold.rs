@@ -243,12 +243,7 @@ async fn watch_hold(
         }
         // Compaction, a broken stream or an error: look at the key itself.
         let mut reader = link.client.clone();
-        let read = tokio::time::timeout(
-            retry::attempt_timeout(link.ttl),
-            reader.get(key.as_str(), None),
-        )
-        .await;
-        if let Ok(Ok(now)) = read {
+        if let Some(Ok(now)) = retry::attempt(&link, reader.get(key.as_str(), None)).await {
             let ours = now
                 .kvs()
                 .first()
@@ -270,18 +265,14 @@ async fn watch_hold(
 /// deleted on its own while the session lives.
 async fn why_deleted(link: &Link) -> LossReason {
     let mut client = link.client.clone();
-    let asked = tokio::time::timeout(
-        retry::attempt_timeout(link.ttl),
-        client.lease_time_to_live(link.lease_id, None),
-    )
-    .await;
+    let asked = retry::attempt(link, client.lease_time_to_live(link.lease_id, None)).await;
     match asked {
         // etcd answers -1 for a lease it no longer knows.
-        Ok(Ok(lease)) if lease.ttl() < 0 => {
+        Some(Ok(lease)) if lease.ttl() < 0 => {
             let _ = link.lease_gone();
             link.ended_watch.reason().unwrap_or(LossReason::Expired)
         }
-        Ok(Err(err)) if retry::classify(&err) == ErrorKind::LeaseGone => {
+        Some(Err(err)) if retry::classify(&err) == ErrorKind::LeaseGone => {
             let _ = link.lease_gone();
             link.ended_watch.reason().unwrap_or(LossReason::Expired)
         }

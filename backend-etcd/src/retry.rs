@@ -120,8 +120,9 @@ pub(crate) fn attempt_timeout(ttl: Duration) -> Duration {
     (ttl / 3).clamp(Duration::from_millis(500), Duration::from_secs(5))
 }
 
-/// The outcome of one attempt: the call's own result, or `None` when it took too long.
-async fn attempt<T, Fut>(link: &Link, call: Fut) -> Option<Result<T, etcd_client::Error>>
+/// The outcome of one attempt, bounded by [`attempt_timeout`]: the call's own result, or
+/// `None` when it took too long.
+pub(crate) async fn attempt<T, Fut>(link: &Link, call: Fut) -> Option<Result<T, etcd_client::Error>>
 where
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {

@@ -176,8 +176,7 @@ impl Link {
     pub(crate) async fn abandon(&self) {
         if self.ended.mark(LossReason::Revoked) {
             let mut client = self.client.clone();
-            let revoke = client.lease_revoke(self.lease_id);
-            let _ = tokio::time::timeout(crate::retry::attempt_timeout(self.ttl), revoke).await;
+            let _ = crate::retry::attempt(self, client.lease_revoke(self.lease_id)).await;
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::hold::{delete_if_owned, Owned};
-use crate::retry::attempt_timeout;
+use crate::retry::{attempt, attempt_timeout};
 use crate::session::Link;
 
 /// How long an attempt is remembered: ten TTLs, and at least half a minute. A member that
@@ -116,7 +116,7 @@ async fn sweep(unsure: Arc<UnsurePuts>, link: Arc<Link>, local: Arc<LockTable<()
                 continue;
             };
             let delete = delete_if_owned(link.client.clone(), key, Owned::Value(value));
-            if let Ok(Ok(true)) = tokio::time::timeout(every, delete).await {
+            if let Some(Ok(true)) = attempt(&link, delete).await {
                 tracing::info!(lock = %name, "removed a key left by a late queue request");
             }
             drop(ticket);

@@ -38,11 +38,7 @@ pub(crate) async fn gone(
     let mut client = link.client.clone();
     // A member that stops answering must not hold the waiter longer than one attempt: the
     // caller reads again (through a member that answers) after a `Reread`.
-    let read = tokio::time::timeout(
-        crate::retry::attempt_timeout(link.ttl),
-        client.get(key, None),
-    );
-    let Ok(now) = read.await else {
+    let Some(now) = crate::retry::attempt(link, client.get(key, None)).await else {
         return Ok(Watched::Reread);
     };
     let now = now?;
