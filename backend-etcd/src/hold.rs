@@ -263,7 +263,7 @@ async fn watch_hold(
 
 /// Why a hold's key went: with its lease (revoked or expired: the session is over), or
 /// deleted on its own while the session lives.
-async fn why_deleted(link: &Link) -> LossReason {
+pub(crate) async fn why_deleted(link: &Link) -> LossReason {
     let mut client = link.client.clone();
     let asked = retry::attempt(link, client.lease_time_to_live(link.lease_id, None)).await;
     match asked {

@@ -45,16 +45,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, ConnectOptions, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
-};
+use etcd_client::{Client, ConnectOptions, WatchRequestSender, WatchResponse, WatchResponseStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::EtcdConfig;
 use crate::retry::{attempt_timeout, Backoff};
-use registry::{Registry, Reply, Request};
+use registry::{Registry, Reply, Request, Target};
 
 /// How long a stream with watches may stay silent before it is asked for progress.
 const PROBE_AFTER: Duration = Duration::from_millis(500);
@@ -64,21 +62,30 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// What a subscriber hears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Notice {
     /// The server has registered the watch: nothing from `from` on can be missed now.
     Created,
-    /// The key was deleted.
+    /// The key was deleted (a watch of one key; it ends here).
     Deleted,
+    /// Keys of a watched range were deleted, in revision order (a range watch goes on).
+    Deletes(Vec<Deletion>),
     /// The watch ended without a delete: read the key again and decide.
     Reread,
+}
+
+/// One delete event of a watched range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Deletion {
+    pub(crate) key: Vec<u8>,
+    /// The revision of the delete.
+    pub(crate) revision: i64,
 }
 
 enum Command {
     Watch {
         id: u64,
-        key: Vec<u8>,
-        from: i64,
+        target: Target,
         notices: mpsc::UnboundedSender<Notice>,
     },
     Cancel {
@@ -123,13 +130,33 @@ impl WatchHub {
 
     /// Watches `key` for a delete at or after revision `from` (0: from now).
     pub(crate) fn watch(&self, key: &[u8], from: i64) -> Subscription {
+        self.subscribe(Target {
+            key: key.to_owned(),
+            range_end: Vec::new(),
+            from,
+        })
+    }
+
+    /// Watches the keys in `[start, end)` from now for deletes (puts are not sent at all):
+    /// the subscriber hears `Created`, then every delete, until it drops the subscription
+    /// or hears `Reread`. Each delivery is in revision order and nothing after the moment
+    /// `Created` is heard is missed, so a read made after it plus the deletes with a newer
+    /// revision tell the state of every key in the range.
+    pub(crate) fn watch_deletes(&self, start: &[u8], end: &[u8]) -> Subscription {
+        self.subscribe(Target {
+            key: start.to_owned(),
+            range_end: end.to_owned(),
+            from: 0,
+        })
+    }
+
+    fn subscribe(&self, target: Target) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (notices_tx, notices) = mpsc::unbounded_channel();
         // If the task is gone the subscription hears nothing but `Reread` (see `next`).
         let _ = self.commands.send(Command::Watch {
             id,
-            key: key.to_owned(),
-            from,
+            target,
             notices: notices_tx,
         });
         Subscription {
@@ -203,7 +230,7 @@ impl Endpoints {
 
     /// Opens a stream through the current endpoint with its first create, refreshing the
     /// auth token first if `refresh`; gives up after an attempt timeout.
-    fn open(&self, key: Vec<u8>, from: i64, refresh: bool) -> Opening {
+    fn open(&self, target: Target, refresh: bool) -> Opening {
         let index = self.current;
         let known = match self.list.get(index) {
             Some(endpoint) => endpoint.client.clone(),
@@ -228,8 +255,8 @@ impl Endpoints {
                     }
                     (None, _, _) => session,
                 };
-                let options = WatchOptions::new().with_start_revision(from);
-                let stream = client.clone().watch(key, Some(options)).await?;
+                let options = target.options();
+                let stream = client.clone().watch(target.key, Some(options)).await?;
                 Ok::<_, etcd_client::Error>((client, stream.split()))
             };
             match tokio::time::timeout(timeout, attempt).await {
@@ -395,9 +422,9 @@ async fn send_requests(
 ) {
     while let Some(request) = queue.recv().await {
         let sent = match request {
-            Request::Create { key, from } => {
-                let options = WatchOptions::new().with_start_revision(from);
-                sender.watch(key, Some(options)).await
+            Request::Create(target) => {
+                let options = target.options();
+                sender.watch(target.key, Some(options)).await
             }
             Request::Cancel { watch_id } => sender.cancel(watch_id).await,
             Request::Progress => sender.request_progress().await,
@@ -460,8 +487,8 @@ async fn run(endpoints: Endpoints, mut commands: mpsc::UnboundedReceiver<Command
             opened = poll_opening(&mut hub.opening) => hub.opened(opened).await,
             command = commands.recv() => match command {
                 None => return,
-                Some(Command::Watch { id, key, from, notices }) => {
-                    hub.registry.subscribe(id, key, from, notices);
+                Some(Command::Watch { id, target, notices }) => {
+                    hub.registry.subscribe(id, target, notices);
                 }
                 Some(Command::Cancel { id }) => hub.registry.unsubscribe(id),
                 Some(Command::Healthy { index }) => hub.endpoints.restore(index).await,
@@ -516,8 +543,8 @@ impl Hub {
     fn open(&mut self) {
         // Only creates wait while no stream is open; anything else was for a gone stream.
         while let Some(request) = self.registry.next_request() {
-            if let Request::Create { key, from } = request {
-                self.opening = Some(self.endpoints.open(key, from, self.refresh));
+            if let Request::Create(target) = request {
+                self.opening = Some(self.endpoints.open(target, self.refresh));
                 self.refresh = false;
                 return;
             }

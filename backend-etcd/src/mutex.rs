@@ -2,8 +2,13 @@
 //!
 //! A waiter puts `{namespace}{name}/{lease id in hex}` (on the session lease, its value a token
 //! of the attempt, so that a key this attempt did not create is never taken for its own);
-//! the owner is the direct child of `{namespace}{name}/` with the lowest create revision. A
-//! waiter watches the next-older key for its delete and goes on until none is left.
+//! the owner is the direct child of `{namespace}{name}/` with the lowest create revision.
+//!
+//! A waiter with at most [`TRACK`] older keys knows them all and watches their deletes and its
+//! own key's on one watch, so it owns the lock the moment the last older key's delete arrives,
+//! with no read (see [`watch::all_gone`]). A waiter further back watches only the key
+//! [`TRACK`] + 1 places ahead of it, and reads the queue again once that key is gone: every
+//! delete reaches at most [`TRACK`] + 1 waiters, however long the queue.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,13 +20,17 @@ use etcd_client::{
 use locksmith_api::{validate_name, LockError, LockGuard, LossReason};
 
 use crate::error::from_etcd;
-use crate::hold::PendingKey;
+use crate::hold::{why_deleted, PendingKey};
 use crate::retry::{self, Backoff, ErrorKind};
 use crate::session::{Link, Session};
-use crate::watch::{self, Watched};
+use crate::watch::{self, QueueKey, Tracked, Watched};
 
-/// Keys read per page when looking for the predecessor among nested lock names.
+/// Keys read per page when looking for older keys among nested lock names.
 const PAGE: i64 = 64;
+
+/// How many older keys a waiter tracks at most: the waiters this close to the head of the
+/// queue learn of their turn from the delete event alone.
+const TRACK: usize = 8;
 
 /// Where this session's key for one lock name lives.
 #[derive(Clone)]
@@ -85,11 +94,13 @@ pub(crate) async fn try_lock(
     let keys = LockKeys::new(session, name);
     let pending = PendingKey::new(session, &keys.own, ticket);
     let queued = enqueue(session, &keys, &pending).await?;
+    // Older keys known to stand mean "taken" without another read.
     let owner = queued.owner
-        || matches!(
-            ahead(session, &keys, queued.revision).await?,
-            Ahead::Nobody { own: Some(own), .. } if own == queued.revision
-        );
+        || (queued.older.is_none()
+            && matches!(
+                ahead(session, &keys, queued.revision).await?,
+                Ahead::Nobody { own: Some(own), .. } if own == queued.revision
+            ));
     if !owner {
         // Withdraw before answering, so a failed try_lock leaves nothing behind. The
         // withdrawal runs in a task of its own: dropping this future does not stop it.
@@ -105,7 +116,7 @@ pub(crate) async fn try_lock(
 }
 
 /// What the enqueue transaction found.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Queued {
     /// The create revision of our key: our place in the queue and the fencing token.
     revision: i64,
@@ -113,10 +124,13 @@ struct Queued {
     header: i64,
     /// True when our key is the oldest of all keys under the prefix.
     owner: bool,
+    /// Every key of the lock older than ours, when there are at most [`TRACK`] of them
+    /// (oldest first); `None` when the read did not reach our key.
+    older: Option<Vec<QueueKey>>,
 }
 
-/// Puts our key, fresh, and reads the oldest key under the prefix: one round trip unless a key
-/// of ours was already there.
+/// Puts our key, fresh, and reads the oldest keys under the prefix: one round trip unless a
+/// key of ours was already there.
 ///
 /// The attempts run in a task of their own that holds the pending key's gate and marks the key
 /// sent: if this future is dropped mid-flight, the withdrawal waits for the gate and so never
@@ -189,7 +203,7 @@ async fn queue_attempts(
         .await;
         *unanswered |= calls > 1 || (calls == 1 && reply.is_err());
         let reply = reply?;
-        match read_queue_reply(&reply, &keys.own, nonce)? {
+        match read_queue_reply(&reply, keys, nonce)? {
             QueueReply::Queued(queued) => return Ok(queued),
             // Our key is there but this attempt did not create it: a hold or withdrawal whose
             // delete may still be in flight. Never adopt it: delete it (guarded by its
@@ -202,7 +216,7 @@ async fn queue_attempts(
 }
 
 /// The queue transaction. With `stale == 0`: if our key is absent, put it with this attempt's
-/// `nonce` and read the oldest key; else read our key and the oldest. With `stale > 0`: delete
+/// `nonce` and read the oldest keys; else read our key and the oldest. With `stale > 0`: delete
 /// our key if it still has that create revision, and read it back.
 fn queue_txn(link: &Link, own: &str, prefix: &str, nonce: &str, stale: i64) -> Txn {
     if stale > 0 {
@@ -214,7 +228,7 @@ fn queue_txn(link: &Link, own: &str, prefix: &str, nonce: &str, stale: i64) -> T
     let oldest = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(1)
+        .with_limit(TRACK as i64 + 1)
         .with_keys_only();
     Txn::new()
         .when([Compare::create_revision(own, CompareOp::Equal, 0)])
@@ -239,7 +253,12 @@ enum QueueReply {
     Gone,
 }
 
-fn read_queue_reply(reply: &TxnResponse, own: &str, nonce: &str) -> Result<QueueReply, LockError> {
+fn read_queue_reply(
+    reply: &TxnResponse,
+    keys: &LockKeys,
+    nonce: &str,
+) -> Result<QueueReply, LockError> {
+    let own = keys.own.as_str();
     let header = reply.header().map_or(0, |h| h.revision());
     let replies = reply.op_responses();
     let found = match replies.first() {
@@ -257,20 +276,32 @@ fn read_queue_reply(reply: &TxnResponse, own: &str, nonce: &str) -> Result<Queue
         _ => return Err(malformed("the queue transaction")),
     };
     let revision = found.unwrap_or(header);
-    let owner = match replies.get(1) {
-        Some(TxnOpResponse::Get(oldest)) => oldest
-            .kvs()
-            .first()
-            .is_some_and(|kv| kv.key() == own.as_bytes()),
-        _ => return Err(malformed("the queue transaction")),
+    let Some(TxnOpResponse::Get(oldest)) = replies.get(1) else {
+        return Err(malformed("the queue transaction"));
     };
     if revision <= 0 {
         return Err(malformed("the queue transaction"));
     }
+    // Oldest first: if our key is among them, the ones before it are all the older keys.
+    let older = oldest
+        .kvs()
+        .iter()
+        .position(|kv| kv.key() == own.as_bytes())
+        .map(|at| {
+            oldest.kvs()[..at]
+                .iter()
+                .filter(|kv| keys.is_direct_child(kv.key()))
+                .map(|kv| QueueKey {
+                    key: kv.key().to_vec(),
+                    revision: kv.create_revision(),
+                })
+                .collect::<Vec<_>>()
+        });
     Ok(QueueReply::Queued(Queued {
         revision,
         header,
-        owner,
+        owner: older.as_ref().is_some_and(Vec::is_empty),
+        older,
     }))
 }
 
@@ -285,64 +316,111 @@ async fn enqueue_and_wait(
     if queued.owner {
         return Ok(queued);
     }
-    // A watch that ends without a delete (a broken or refused stream, compaction) is followed
+    let own = QueueKey {
+        key: keys.own.clone().into_bytes(),
+        revision: queued.revision,
+    };
+    let owner = |header| Queued {
+        header,
+        owner: true,
+        older: Some(Vec::new()),
+        ..queued.clone()
+    };
+    // A watch that ends without settling (a broken or refused stream, compaction) is followed
     // by a read; back off between such rounds so that a failing stream is not a busy loop.
     let mut backoff = Backoff::default();
+    let mut known = queued.older.clone();
     loop {
-        match ahead(session, keys, queued.revision).await? {
-            Ahead::Waiter { key, revision } => match watch::gone(session, &key, revision).await {
-                Ok(Watched::Deleted) => backoff.reset(),
-                Ok(Watched::Reread) => backoff.wait(session).await?,
-                Err(err) => match retry::classify(&err) {
-                    ErrorKind::Transient => backoff.wait(session).await?,
-                    ErrorKind::LeaseGone => return Err(session.lease_gone()),
-                    ErrorKind::Permanent => {
-                        return Err(from_etcd(err, &session.endpoints, "watch the lock queue"))
+        let older = match known.take() {
+            Some(older) => older,
+            None => match ahead(session, keys, queued.revision).await? {
+                // The session may have expired while we waited (etcd issue 9921): only our
+                // own key, still there with our revision, proves ownership.
+                Ahead::Nobody { own, header } if own == Some(queued.revision) => {
+                    return Ok(owner(header))
+                }
+                Ahead::Nobody { .. } => return Err(own_key_gone(session, name).await),
+                Ahead::Near { own, .. } if own != Some(queued.revision) => {
+                    return Err(own_key_gone(session, name).await)
+                }
+                Ahead::Near { older, .. } => older,
+                Ahead::Far(far) => {
+                    match watch::gone(session, &far.key, far.revision).await {
+                        Ok(Watched::Deleted) => backoff.reset(),
+                        Ok(Watched::Reread) => backoff.wait(session).await?,
+                        Err(err) => watch_failed(session, err, &mut backoff).await?,
                     }
-                },
+                    continue;
+                }
             },
-            // The session may have expired while we waited (etcd issue 9921): only our own
-            // key, still there with our revision, proves ownership.
-            Ahead::Nobody { own, header } if own == Some(queued.revision) => {
-                return Ok(Queued {
-                    revision: queued.revision,
-                    header,
-                    owner: true,
-                })
-            }
-            Ahead::Nobody { .. } => {
-                session.check_alive()?;
-                return Err(LockError::LockLost {
-                    name: name.to_owned(),
-                    reason: LossReason::Deleted,
-                });
-            }
+        };
+        match watch::all_gone(session, &own, &older).await {
+            Ok(Tracked::Owner { at }) => return Ok(owner(at)),
+            Ok(Tracked::OwnGone) => return Err(own_key_gone(session, name).await),
+            Ok(Tracked::Reread) => backoff.wait(session).await?,
+            Err(err) => watch_failed(session, err, &mut backoff).await?,
         }
+    }
+}
+
+/// Our key went while we waited: with the session's lease (revoked or expired), or deleted
+/// on its own.
+async fn own_key_gone(session: &Session, name: &str) -> LockError {
+    if let Some(reason) = session.ended_watch.reason() {
+        return session.lost_error(reason);
+    }
+    match why_deleted(session).await {
+        LossReason::Deleted => LockError::LockLost {
+            name: name.to_owned(),
+            reason: LossReason::Deleted,
+        },
+        reason => session.lost_error(session.ended_watch.reason().unwrap_or(reason)),
+    }
+}
+
+/// A wait's read failed with `err`: back off and read again if that may help.
+async fn watch_failed(
+    session: &Session,
+    err: etcd_client::Error,
+    backoff: &mut Backoff,
+) -> Result<(), LockError> {
+    match retry::classify(&err) {
+        ErrorKind::Transient => backoff.wait(session).await,
+        ErrorKind::LeaseGone => Err(session.lease_gone()),
+        ErrorKind::Permanent => Err(from_etcd(err, &session.endpoints, "watch the lock queue")),
     }
 }
 
 /// Who is ahead of us in the queue.
 enum Ahead {
-    /// The newest direct-child key older than ours (as etcd stores it: keys are bytes).
-    Waiter { key: Vec<u8>, revision: i64 },
     /// Nobody: our own key's create revision (if it still exists), read in the same
     /// transaction at store revision `header`.
     Nobody { own: Option<i64>, header: i64 },
+    /// At most [`TRACK`] keys, all of them (newest first), and our own key's create revision
+    /// as in `Nobody`.
+    Near {
+        older: Vec<QueueKey>,
+        own: Option<i64>,
+    },
+    /// More: the key [`TRACK`] + 1 places ahead of ours, whose delete brings us near.
+    Far(QueueKey),
 }
 
 /// Reads who is ahead of the key created at `revision`, and our own key with it: one round
-/// trip decides between waiting on and owning the lock.
+/// trip (unless nested lock names fill the pages) decides between owning the lock, tracking
+/// every older key and waiting further back.
 async fn ahead(session: &Session, keys: &LockKeys, revision: i64) -> Result<Ahead, LockError> {
     let mut below = revision - 1;
+    let mut older = Vec::new();
     loop {
-        let older = GetOptions::new()
+        let page = GetOptions::new()
             .with_prefix()
             .with_max_create_revision(below)
             .with_sort(SortTarget::Create, SortOrder::Descend)
             .with_limit(PAGE)
             .with_keys_only();
         let txn = Txn::new().and_then([
-            TxnOp::get(keys.prefix.as_str(), Some(older)),
+            TxnOp::get(keys.prefix.as_str(), Some(page)),
             TxnOp::get(keys.own.as_str(), Some(GetOptions::new().with_keys_only())),
         ]);
         let reply = retry::retry(session, "read the lock queue", |mut client| {
@@ -355,17 +433,29 @@ async fn ahead(session: &Session, keys: &LockKeys, revision: i64) -> Result<Ahea
             [TxnOpResponse::Get(page), TxnOpResponse::Get(own)] => (page.clone(), own.clone()),
             _ => return Err(malformed("the queue read")),
         };
-        if let Some(kv) = page.kvs().iter().find(|kv| keys.is_direct_child(kv.key())) {
-            return Ok(Ahead::Waiter {
+        for kv in page
+            .kvs()
+            .iter()
+            .filter(|kv| keys.is_direct_child(kv.key()))
+        {
+            let key = QueueKey {
                 key: kv.key().to_vec(),
                 revision: kv.create_revision(),
-            });
+            };
+            if older.len() == TRACK {
+                return Ok(Ahead::Far(key));
+            }
+            older.push(key);
         }
         match page.kvs().last() {
             Some(last) if page.more() => below = last.create_revision() - 1,
             _ => {
                 let own = own.kvs().first().map(|kv| kv.create_revision());
-                return Ok(Ahead::Nobody { own, header });
+                return Ok(if older.is_empty() {
+                    Ahead::Nobody { own, header }
+                } else {
+                    Ahead::Near { older, own }
+                });
             }
         }
     }

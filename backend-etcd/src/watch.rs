@@ -1,5 +1,7 @@
 //! Waiting for a key to be deleted.
 
+use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+
 use crate::hub::Notice;
 use crate::session::Link;
 
@@ -68,6 +70,103 @@ pub(crate) async fn deleted_since(link: &Link, key: &[u8], from_revision: i64) -
 fn outcome(notice: Notice) -> Watched {
     match notice {
         Notice::Deleted => Watched::Deleted,
-        Notice::Created | Notice::Reread => Watched::Reread,
+        Notice::Created | Notice::Deletes(_) | Notice::Reread => Watched::Reread,
+    }
+}
+
+/// A key of a lock queue, as etcd stores it, with its create revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueKey {
+    pub(crate) key: Vec<u8>,
+    pub(crate) revision: i64,
+}
+
+/// How a wait for every older key of a queue ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Tracked {
+    /// Every older key was gone while ours still stood, at store revision `at`.
+    Owner { at: i64 },
+    /// Our own key is gone.
+    OwnGone,
+    /// The watch could not go on: read the queue again and decide.
+    Reread,
+}
+
+/// Waits until every key of `older` (all the keys of the queue older than `own`) is gone, and
+/// tells whether `own` still stood at that moment: a handoff that costs the delete event and
+/// nothing more.
+///
+/// One watch covers `own` and every older key (the key range between them, deletes only), so
+/// its events come in revision order: the delete of the last older key arrives after any
+/// earlier delete of our own key. A read made once the watch exists covers everything before
+/// it; the events after that read tell the rest. The range may hold other keys (younger
+/// waiters, nested lock names): their deletes are ignored.
+///
+/// # Errors
+/// The etcd error of that read.
+pub(crate) async fn all_gone(
+    link: &Link,
+    own: &QueueKey,
+    older: &[QueueKey],
+) -> Result<Tracked, etcd_client::Error> {
+    let keys = || std::iter::once(own).chain(older).map(|k| k.key.as_slice());
+    let (Some(start), Some(last)) = (keys().min(), keys().max()) else {
+        return Ok(Tracked::Reread);
+    };
+    let end = [last, &[0]].concat();
+    let mut watch = link.watches.watch_deletes(start, &end);
+    if watch.next().await != Notice::Created {
+        return Ok(Tracked::Reread);
+    }
+    let read = Txn::new().and_then(
+        keys()
+            .map(|key| TxnOp::get(key, Some(GetOptions::new().with_keys_only())))
+            .collect::<Vec<_>>(),
+    );
+    let mut client = link.client.clone();
+    let Some(reply) = crate::retry::attempt(link, client.txn(read)).await else {
+        return Ok(Tracked::Reread);
+    };
+    let reply = reply?;
+    let read_at = reply.header().map_or(0, |h| h.revision());
+    let found = reply.op_responses();
+    // Still there, and the very key we know (not one created again after it).
+    let stands = |index: usize, wanted: &QueueKey| match found.get(index) {
+        Some(TxnOpResponse::Get(got)) => got
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == wanted.revision),
+        _ => false,
+    };
+    if !stands(0, own) {
+        return Ok(Tracked::OwnGone);
+    }
+    let mut left: Vec<&[u8]> = older
+        .iter()
+        .enumerate()
+        .filter(|(index, key)| stands(index + 1, key))
+        .map(|(_, key)| key.key.as_slice())
+        .collect();
+    if left.is_empty() {
+        return Ok(Tracked::Owner { at: read_at });
+    }
+    loop {
+        let Notice::Deletes(deletes) = watch.next().await else {
+            return Ok(Tracked::Reread);
+        };
+        let deletes: Vec<_> = deletes.iter().filter(|d| d.revision > read_at).collect();
+        // One revision at a time, whole: a transaction may delete an older key and ours at
+        // once, and then we never owned the lock.
+        for at in deletes.chunk_by(|a, b| a.revision == b.revision) {
+            if at.iter().any(|deletion| deletion.key == own.key) {
+                return Ok(Tracked::OwnGone);
+            }
+            left.retain(|key| at.iter().all(|deletion| deletion.key != *key));
+            if let (true, Some(deletion)) = (left.is_empty(), at.first()) {
+                return Ok(Tracked::Owner {
+                    at: deletion.revision,
+                });
+            }
+        }
     }
 }

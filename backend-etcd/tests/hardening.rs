@@ -147,12 +147,15 @@ async fn a_try_lock_dropped_while_withdrawing_leaves_no_key() {
     let a_key = format!("{}try/{:x}", etcd.config.namespace, a.lease_id());
     let mut raw = etcd.raw().await;
     for _ in 0..5 {
+        // a's queue request reaches etcd but its answer does not: a's key is in place while a
+        // still waits to hear of it (a try_lock that sees the lock held withdraws at once).
+        proxy.swallow_replies(true);
         let attempt = {
             let a = a.clone();
             tokio::spawn(async move { a.try_lock("try").await.map(|guard| guard.is_some()) })
         };
-        // The moment a's key is in place, a is reading the queue or withdrawing: from then on
-        // its requests are lost, and the caller gives up.
+        // The moment a's key is in place, a is retrying its queue request or withdrawing:
+        // from then on its requests are lost too, and the caller gives up.
         within("a's key to appear", async {
             while raw
                 .get(a_key.as_str(), None)
@@ -171,6 +174,7 @@ async fn a_try_lock_dropped_while_withdrawing_leaves_no_key() {
             "try_lock took a held lock"
         );
         proxy.swallow_requests(false);
+        proxy.swallow_replies(false);
         proxy.cut_connections();
         keys_become(&etcd, "try", vec![holder_key.clone()]).await;
     }

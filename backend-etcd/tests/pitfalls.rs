@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{Etcd, GUARD};
 use locksmith_api::{DistributedLock, LockError, LossReason};
-use locksmith_etcd::etcd_client::{CompactionOptions, DeleteOptions};
+use locksmith_etcd::etcd_client::{CompactionOptions, DeleteOptions, Txn, TxnOp};
 use rand::Rng;
 
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
@@ -237,6 +237,76 @@ async fn deleted_key_is_lost_and_stale_unlock_spares_the_new_hold() {
     assert_eq!(etcd.keys("op").await, vec![next.key().to_owned()]);
     assert!(!next.is_lost());
     next.unlock().await.unwrap();
+}
+
+/// Waits until `count` watches exist on the server (a waiter's wait, a holder's loss watch),
+/// then a moment longer for the read that follows a waiter's watch.
+async fn watches_settle(etcd: &Etcd, count: f64) {
+    within("the watches to exist", async {
+        while etcd
+            .server
+            .metric("etcd_debugging_mvcc_watcher_total")
+            .unwrap_or(0.0)
+            < count
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Issue 11: a waiter learns of its turn from the delete event alone, with no read. An
+/// operator deleting the waiter's key and the holder's in one transaction must not make the
+/// waiter the owner: its key went at the very revision the lock came free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_key_goes_with_the_holders_never_acquires() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    for round in 0..3 {
+        let held = a.lock("both").await.unwrap();
+        let waiter = etcd.queued_waiter(&b, "both").await;
+        watches_settle(&etcd, 2.0).await;
+        let waiting = format!("{}both/{:x}", etcd.config.namespace, b.lease_id());
+        // The holder's key first: a waiter deciding event by event would own the lock first.
+        let both = Txn::new().and_then([
+            TxnOp::delete(held.key(), None),
+            TxnOp::delete(waiting.as_str(), None),
+        ]);
+        etcd.raw().await.txn(both).await.unwrap();
+        match within("the waiter to fail", waiter).await.unwrap() {
+            Err(LockError::LockLost { reason, .. }) => assert_eq!(reason, LossReason::Deleted),
+            other => panic!("round {round}: {other:?}"),
+        }
+        assert_eq!(within("lost()", held.lost()).await, LossReason::Deleted);
+        assert!(held.unlock().await.is_err());
+        // Both sessions live on.
+        within("b to lock", b.lock("both"))
+            .await
+            .unwrap()
+            .unlock()
+            .await
+            .unwrap();
+    }
+}
+
+/// Issue 11: an operator deleting a waiter's key fails that wait at once (its own key is on
+/// the waiter's watch), while the holder keeps the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_key_is_deleted_fails_at_once() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let held = a.lock("gone").await.unwrap();
+    let waiter = etcd.queued_waiter(&b, "gone").await;
+    watches_settle(&etcd, 2.0).await;
+    let waiting = format!("{}gone/{:x}", etcd.config.namespace, b.lease_id());
+    etcd.raw().await.delete(waiting, None).await.unwrap();
+    match within("the waiter to fail", waiter).await.unwrap() {
+        Err(LockError::LockLost { reason, .. }) => assert_eq!(reason, LossReason::Deleted),
+        other => panic!("{other:?}"),
+    }
+    assert!(!held.is_lost());
+    held.unlock().await.unwrap();
 }
 
 /// A stale unlock after the same session re-acquired (same key, newer revision) does not

@@ -4,16 +4,47 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use etcd_client::{EventType, WatchResponse};
+use etcd_client::{EventType, WatchFilterType, WatchOptions, WatchResponse};
 use tokio::sync::mpsc;
 
-use super::Notice;
+use super::{Deletion, Notice};
+
+/// What one server watch covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The key, or the first key of a range.
+    pub(crate) key: Vec<u8>,
+    /// Empty for one key; else the end of the range `[key, range_end)`, watched for deletes
+    /// only (puts are filtered out by etcd).
+    pub(crate) range_end: Vec<u8>,
+    /// The first revision watched; 0: from now.
+    pub(crate) from: i64,
+}
+
+impl Target {
+    /// True for a range of keys: its subscriber hears every delete, not just the first.
+    fn is_range(&self) -> bool {
+        !self.range_end.is_empty()
+    }
+
+    /// The watch options of this target's create request (the key goes separately).
+    pub(super) fn options(&self) -> WatchOptions {
+        let options = WatchOptions::new().with_start_revision(self.from);
+        if self.is_range() {
+            options
+                .with_range(self.range_end.clone())
+                .with_filters([WatchFilterType::NoPut])
+        } else {
+            options
+        }
+    }
+}
 
 /// A request for the stream, in the order it must go out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Request {
-    /// Watch `key` from revision `from` (0: from now).
-    Create { key: Vec<u8>, from: i64 },
+    /// Create a server watch.
+    Create(Target),
     /// Stop a server watch.
     Cancel { watch_id: i64 },
     /// Ask etcd to answer at once: the stream's proof of life.
@@ -21,7 +52,7 @@ pub(super) enum Request {
 }
 
 /// What the registry needs of one reply.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Reply {
     pub(super) watch_id: i64,
     pub(super) created: bool,
@@ -29,8 +60,8 @@ pub(super) struct Reply {
     pub(super) compacted: bool,
     /// The store revision of the reply's header.
     pub(super) revision: i64,
-    /// True when the reply carries a delete event.
-    pub(super) deleted: bool,
+    /// The reply's delete events, in revision order.
+    pub(super) deletes: Vec<Deletion>,
 }
 
 impl From<&WatchResponse> for Reply {
@@ -41,10 +72,16 @@ impl From<&WatchResponse> for Reply {
             canceled: response.canceled(),
             compacted: response.compact_revision() > 0,
             revision: response.header().map_or(0, |h| h.revision()),
-            deleted: response
+            deletes: response
                 .events()
                 .iter()
-                .any(|event| event.event_type() == EventType::Delete),
+                .filter(|event| event.event_type() == EventType::Delete)
+                .filter_map(|event| event.kv())
+                .map(|kv| Deletion {
+                    key: kv.key().to_vec(),
+                    revision: kv.mod_revision(),
+                })
+                .collect(),
         }
     }
 }
@@ -52,6 +89,8 @@ impl From<&WatchResponse> for Reply {
 /// A subscriber as the registry knows it.
 struct Watcher {
     notices: mpsc::UnboundedSender<Notice>,
+    /// True for a range: it hears every delete and ends only when its subscriber leaves.
+    streams: bool,
     /// The server's ids of this subscriber's watches, once created.
     watch_ids: Vec<i64>,
     /// The revision etcd reported when creating the first watch.
@@ -75,22 +114,20 @@ impl Registry {
     pub(super) fn subscribe(
         &mut self,
         id: u64,
-        key: Vec<u8>,
-        from: i64,
+        target: Target,
         notices: mpsc::UnboundedSender<Notice>,
     ) {
-        let creates = if from == 0 { 2 } else { 1 };
+        let creates = if target.from == 0 { 2 } else { 1 };
+        let streams = target.is_range();
         for _ in 0..creates {
             self.creating.push_back(id);
-            self.outbox.push_back(Request::Create {
-                key: key.clone(),
-                from,
-            });
+            self.outbox.push_back(Request::Create(target.clone()));
         }
         self.watchers.insert(
             id,
             Watcher {
                 notices,
+                streams,
                 watch_ids: Vec::new(),
                 first_created_at: None,
             },
@@ -124,7 +161,7 @@ impl Registry {
     /// the stream, or a permission): the stream is of no use for new watches.
     pub(super) fn reply(&mut self, reply: Reply) -> bool {
         if reply.created {
-            return self.created(reply);
+            return self.created(&reply);
         }
         let Some(&id) = self.by_watch_id.get(&reply.watch_id) else {
             return false;
@@ -136,14 +173,21 @@ impl Registry {
                 watcher.watch_ids.retain(|w| *w != reply.watch_id);
             }
             self.end(id, Notice::Reread);
-        } else if reply.deleted {
-            self.end(id, Notice::Deleted);
+        } else if !reply.deletes.is_empty() {
+            match self.watchers.get(&id) {
+                // A range's watches (the first and a twin) each report every delete: each one
+                // alone is complete and in revision order from before the subscriber's read.
+                Some(watcher) if watcher.streams => {
+                    let _ = watcher.notices.send(Notice::Deletes(reply.deletes));
+                }
+                _ => self.end(id, Notice::Deleted),
+            }
         }
         false
     }
 
     /// The answer to the oldest create in flight.
-    fn created(&mut self, reply: Reply) -> bool {
+    fn created(&mut self, reply: &Reply) -> bool {
         let Some(id) = self.creating.pop_front() else {
             return false;
         };
@@ -211,7 +255,12 @@ mod tests {
 
     fn subscriber(registry: &mut Registry, id: u64, from: i64) -> mpsc::UnboundedReceiver<Notice> {
         let (notices, heard) = mpsc::unbounded_channel();
-        registry.subscribe(id, b"k".to_vec(), from, notices);
+        let target = Target {
+            key: b"k".to_vec(),
+            range_end: Vec::new(),
+            from,
+        };
+        registry.subscribe(id, target, notices);
         heard
     }
 
@@ -239,10 +288,59 @@ mod tests {
         assert_eq!(drain(&mut registry), [Request::Cancel { watch_id: 8 }]);
         registry.reply(Reply {
             watch_id: 7,
-            deleted: true,
+            deletes: vec![Deletion {
+                key: b"k".to_vec(),
+                revision: 11,
+            }],
             ..Reply::default()
         });
         assert_eq!(heard.try_recv(), Ok(Notice::Deleted));
+        assert!(registry.is_idle());
+    }
+
+    /// Issue 11: a range hears every delete from each of its watches (the first and a twin
+    /// that stayed) and goes on until its subscriber leaves.
+    #[test]
+    fn a_range_hears_every_delete_of_both_watches_until_it_leaves() {
+        let mut registry = Registry::default();
+        let (notices, mut heard) = mpsc::unbounded_channel();
+        let target = Target {
+            key: b"q/a".to_vec(),
+            range_end: b"q/z".to_vec(),
+            from: 0,
+        };
+        registry.subscribe(1, target.clone(), notices);
+        assert_eq!(
+            drain(&mut registry),
+            [Request::Create(target.clone()), Request::Create(target)]
+        );
+        registry.reply(created(7, 10));
+        registry.reply(created(8, 11));
+        assert_eq!(heard.try_recv(), Ok(Notice::Created));
+        let deletes = |watch_id, revision| Reply {
+            watch_id,
+            deletes: vec![Deletion {
+                key: b"q/b".to_vec(),
+                revision,
+            }],
+            ..Reply::default()
+        };
+        for (watch_id, revision) in [(7, 12), (8, 12), (7, 13)] {
+            registry.reply(deletes(watch_id, revision));
+            match heard.try_recv() {
+                Ok(Notice::Deletes(heard)) => assert_eq!(heard[0].revision, revision),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(!registry.is_idle());
+        registry.unsubscribe(1);
+        assert_eq!(
+            drain(&mut registry),
+            [
+                Request::Cancel { watch_id: 7 },
+                Request::Cancel { watch_id: 8 }
+            ]
+        );
         assert!(registry.is_idle());
     }
 
