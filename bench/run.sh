@@ -12,7 +12,6 @@
 #   --out FILE        also write the JSON lines to FILE (replaced)
 #   --with-go         install the Go peer's packages if missing (also: BENCH_WITH_GO=1)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 secs=5 members=1 out="" with_go="${BENCH_WITH_GO:-}"
@@ -30,6 +29,9 @@ while [ $# -gt 0 ]; do
 done
 [[ "$members" =~ ^[1-9][0-9]*$ ]] || { echo "bench: --cluster needs a member count, got $members" >&2; exit 2; }
 [[ "$secs" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "bench: seconds must be a number, got $secs" >&2; exit 2; }
+# --out is relative to where the script was started; everything else to the repository.
+[ -z "$out" ] || [[ "$out" == /* ]] || out="$PWD/$out"
+cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 if [ -n "$with_go" ] && ! { command -v go >/dev/null 2>&1 && [ -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3/concurrency ]; }; then
@@ -93,20 +95,29 @@ for _ in $(seq 200); do
 done
 [ -n "$healthy" ] || { echo "bench: etcd did not become healthy; its logs:" >&2; cat "$data"/etcd*.log >&2; exit 1; }
 
-# The client endpoints with the leader first (`leader`) or a follower first (`follower`),
-# the others after it in member order.
-ordered_endpoints() {
+# The endpoint of the current leader.
+leader() {
   etcdctl_ endpoint status -w json | python3 -c '
 import json, sys
-want = sys.argv[1]
 status = json.load(sys.stdin)
 leader = [s["Endpoint"] for s in status if s["Status"]["header"]["member_id"] == s["Status"]["leader"]]
 if len(leader) != 1:
     sys.exit("bench: no single leader in %s" % json.dumps(status))
-rest = [s["Endpoint"] for s in status if s["Endpoint"] != leader[0]]
-first = leader[0] if want == "leader" else rest[0]
-print(",".join([first] + [e for e in leader + rest if e != first]))
-' "$1"
+print(leader[0])
+'
+}
+
+# The client endpoints with the leader first (`leader`) or a follower first (`follower`),
+# the others after it in member order.
+ordered_endpoints() { # leader|follower LEADER
+  local first="" endpoint rest=()
+  for endpoint in "${client_urls[@]}"; do
+    if [ "$endpoint" = "$2" ]; then [ "$1" != leader ] || first="$endpoint"
+    elif [ "$1" = follower ] && [ -z "$first" ]; then first="$endpoint"
+    fi
+  done
+  for endpoint in "${client_urls[@]}"; do [ "$endpoint" = "$first" ] || rest+=("$endpoint"); done
+  (IFS=,; echo "$first,${rest[*]}")
 }
 
 run() { # SETUP ENDPOINTS MODE CLIENTS
@@ -119,12 +130,15 @@ run() { # SETUP ENDPOINTS MODE CLIENTS
 }
 
 every_mode() { # SETUP [leader|follower]
-  local setup="$1" first="${2:-}" endpoints="$all_endpoints" mode clients
+  local setup="$1" first="${2:-}" endpoints="$all_endpoints" was="" mode clients
   for mode_clients in "floor 1" "uncontended 1" "contended 3" "contended 16" "distinct 16"; do
     read -r mode clients <<<"$mode_clients"
-    # The leader may move between runs (the machine is busy): look it up before each.
-    [ -z "$first" ] || endpoints="$(ordered_endpoints "$first")"
+    # The leader may move (the machine is busy): look it up before each run, check it after.
+    [ -z "$first" ] || { was="$(leader)"; endpoints="$(ordered_endpoints "$first" "$was")"; }
     run "$setup" "$endpoints" "$mode" "$clients"
+    if [ -n "$first" ] && [ "$(leader)" != "$was" ]; then
+      echo "bench: the leader moved during $mode $clients ($setup): that line mixes both" >&2
+    fi
   done
 }
 
