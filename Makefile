@@ -1,7 +1,7 @@
 # locksmith: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: demo test deps fmt lint fresh-build unit doc chaos chaos-plain chaos-auth chaos-short
+.PHONY: demo test deps fmt lint fresh-build unit doc chaos chaos-plain chaos-auth chaos-short bench
 
 # The three-client demo on the embedded memory backend: builds only the memory backend, so it
 # needs no protoc and no etcd.
@@ -53,3 +53,13 @@ chaos-auth: deps
 # The 60-second chaos run of `make test` (debug build, already built by `unit`).
 chaos-short:
 	CHAOS_AUTH= $(CARGO) run --example chaos --all-features -- --secs 60
+
+# The etcd benchmarks of BENCHMARKS.md: every mode on one etcd member, then on a 3-member
+# cluster (leader first, then a follower first), BENCH_SECS seconds a run (default 5),
+# locksmith beside v3lock and Go's concurrency.Mutex (its Debian packages installed if
+# missing). The JSON lines and the SVG charts drawn from them go to docs/bench/.
+BENCH_SECS ?= 5
+bench: deps
+	bash bench/run.sh $(BENCH_SECS) --with-go --out docs/bench/1-member.jsonl
+	bash bench/run.sh $(BENCH_SECS) --with-go --cluster 3 --out docs/bench/3-members.jsonl
+	bash bench/charts.sh --dir docs/bench docs/bench/1-member.jsonl docs/bench/3-members.jsonl

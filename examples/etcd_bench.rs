@@ -5,10 +5,18 @@
 //!     --endpoints 127.0.0.1:2379 --mode contended --clients 3 --duration 10 [--impl v3lock]
 //! ```
 //!
+//! `--endpoints` takes `HOST:PORT[,HOST:PORT…]` (each may start with `http://`) or a
+//! locksmith URL, `etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE][?…]`, read by
+//! [`LockConfig::from_url`] like every other locksmith entry point.
+//!
 //! Prints one JSON line: `{"impl","mode","clients","ops","ops_per_s","p50_us","p99_us","violations"}`,
 //! latency per lock+unlock (per delete→event for `floor`). `violations` counts overlapping
 //! holds seen by an in-process check and must be 0. Contended runs add `handoff_p50_us` and
 //! `handoff_p99_us`: from a holder starting its unlock to the next holder's `lock` returning.
+//! Every line also carries `latency_us`, the distribution of those latencies, and contended
+//! runs `handoff_us`, that of the handoffs: `{"n","min","p1",…,"p99.9","max"}` in µs (the
+//! field names `bench/go` prints too, and what `bench/chart` draws). `--setup TEXT` adds
+//! `"setup": TEXT`, which `bench/run.sh` uses to say what etcd the run measured.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -16,14 +24,15 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use locksmith::etcd_client::{EventType, LockOptions, WatchOptions};
-use locksmith::{DistributedLock, EtcdConfig, EtcdLock, LockError};
+use locksmith::{DistributedLock, EtcdConfig, EtcdLock, LockConfig, LockError};
 use serde::Serialize;
 
 #[derive(Parser)]
 struct Args {
-    /// etcd endpoints, comma-separated (`127.0.0.1:2379` or `http://127.0.0.1:2379`).
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
-    endpoints: Vec<String>,
+    /// etcd endpoints, comma-separated (`127.0.0.1:2379` or `http://127.0.0.1:2379`), or a
+    /// locksmith URL (`etcd://127.0.0.1:2379,127.0.0.1:22379/`).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    endpoints: String,
     /// What to measure.
     #[arg(long, value_enum, default_value = "contended")]
     mode: Mode,
@@ -36,6 +45,27 @@ struct Args {
     /// The lock implementation.
     #[arg(long = "impl", value_enum, default_value = "locksmith")]
     implementation: Impl,
+    /// What etcd this run measures (e.g. `3 members, follower first`), copied to the report.
+    #[arg(long)]
+    setup: Option<String>,
+}
+
+/// The session settings `--endpoints` names.
+fn etcd_config(endpoints: &str) -> Result<EtcdConfig, LockError> {
+    let scheme = endpoints.split_once("://").map(|(scheme, _)| scheme);
+    if matches!(scheme, None | Some("http" | "https")) {
+        let list = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
+        return Ok(EtcdConfig::new(list));
+    }
+    match LockConfig::from_url(endpoints)? {
+        LockConfig::Etcd(config) => Ok(config),
+        other => Err(LockError::config(format!(
+            "--endpoints {endpoints:?} is not an etcd config ({other})"
+        ))),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, Serialize, PartialEq)]
@@ -78,22 +108,85 @@ struct Report {
     handoff_p50_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     handoff_p99_us: Option<f64>,
+    /// The distribution behind `p50_us` and `p99_us`.
+    latency_us: Distribution,
+    /// Contended mode only: the distribution behind `handoff_p50_us` and `handoff_p99_us`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff_us: Option<Distribution>,
+    /// `--setup`, as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    setup: Option<String>,
+}
+
+/// A latency distribution in whole µs: count, extremes and percentiles (nearest rank), enough
+/// to draw its cumulative curve. `bench/go` prints the same fields.
+#[derive(Serialize)]
+struct Distribution {
+    n: usize,
+    min: f64,
+    p1: f64,
+    p5: f64,
+    p10: f64,
+    p20: f64,
+    p30: f64,
+    p40: f64,
+    p50: f64,
+    p60: f64,
+    p70: f64,
+    p80: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+    #[serde(rename = "p99.9")]
+    p99_9: f64,
+    max: f64,
+}
+
+impl Distribution {
+    fn of(sorted: &[Duration]) -> Self {
+        let at = |p| percentile(sorted, p).round();
+        Distribution {
+            n: sorted.len(),
+            min: at(0.0),
+            p1: at(0.01),
+            p5: at(0.05),
+            p10: at(0.10),
+            p20: at(0.20),
+            p30: at(0.30),
+            p40: at(0.40),
+            p50: at(0.50),
+            p60: at(0.60),
+            p70: at(0.70),
+            p80: at(0.80),
+            p90: at(0.90),
+            p95: at(0.95),
+            p99: at(0.99),
+            p99_9: at(0.999),
+            max: at(1.0),
+        }
+    }
 }
 
 /// One client session of either implementation.
 enum Locker {
     Locksmith(EtcdLock),
-    /// The lock service, on the lease of a locksmith session kept for its keepalive.
-    V3(EtcdLock),
+    /// The lock service, on the lease of a locksmith session kept for its keepalive; names
+    /// get the config's namespace in front, as locksmith's keys do.
+    V3 {
+        session: EtcdLock,
+        namespace: String,
+    },
 }
 
 impl Locker {
-    async fn connect(implementation: Impl, endpoints: &[String]) -> Result<Self, LockError> {
-        let config = EtcdConfig::new(endpoints.iter().cloned());
-        let session = EtcdLock::connect(&config).await?;
+    async fn connect(implementation: Impl, config: &EtcdConfig) -> Result<Self, LockError> {
+        let session = EtcdLock::connect(config).await?;
         Ok(match implementation {
             Impl::Locksmith => Locker::Locksmith(session),
-            Impl::V3lock => Locker::V3(session),
+            Impl::V3lock => Locker::V3 {
+                session,
+                namespace: config.namespace.clone(),
+            },
         })
     }
 
@@ -105,10 +198,13 @@ impl Locker {
                 inside();
                 guard.unlock().await
             }
-            Locker::V3(session) => {
+            Locker::V3 { session, namespace } => {
                 let mut client = session.client();
                 let options = LockOptions::new().with_lease(session.lease_id());
-                let held = client.lock(name, Some(options)).await.map_err(v3_error)?;
+                let held = client
+                    .lock(format!("{namespace}{name}"), Some(options))
+                    .await
+                    .map_err(v3_error)?;
                 inside();
                 client.unlock(held.key()).await.map_err(v3_error)?;
                 Ok(())
@@ -159,7 +255,7 @@ impl OverlapCheck {
 /// Latencies per lock+unlock, overlapping holds seen, and handoff times (contended mode).
 type LockRun = (Vec<Duration>, usize, Vec<Duration>);
 
-async fn run_locks(args: &Args) -> Result<LockRun, LockError> {
+async fn run_locks(args: &Args, config: &EtcdConfig) -> Result<LockRun, LockError> {
     let clients = if args.mode == Mode::Uncontended {
         1
     } else {
@@ -177,7 +273,7 @@ async fn run_locks(args: &Args) -> Result<LockRun, LockError> {
     );
     let mut tasks = Vec::new();
     for id in 0..clients {
-        let locker = Locker::connect(args.implementation, &args.endpoints).await?;
+        let locker = Locker::connect(args.implementation, config).await?;
         let (checks, run, mode) = (Arc::clone(&checks), run.clone(), args.mode);
         tasks.push(tokio::spawn(async move {
             let slot = if mode == Mode::Distinct { id } else { 0 };
@@ -214,10 +310,10 @@ async fn run_locks(args: &Args) -> Result<LockRun, LockError> {
     Ok((latencies, violations, handoffs))
 }
 
-async fn run_floor(args: &Args) -> Result<Vec<Duration>, LockError> {
-    let session = EtcdLock::connect(&EtcdConfig::new(args.endpoints.iter().cloned())).await?;
+async fn run_floor(args: &Args, config: &EtcdConfig) -> Result<Vec<Duration>, LockError> {
+    let session = EtcdLock::connect(config).await?;
     let mut client = session.client();
-    let key = format!("bench-floor/{}", std::process::id());
+    let key = format!("{}bench-floor/{}", config.namespace, std::process::id());
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let mut latencies = Vec::new();
     let failed = |err| LockError::Backend {
@@ -263,10 +359,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), LockError> {
     let args = Args::parse();
+    let config = etcd_config(&args.endpoints)?;
     let started = Instant::now();
     let (mut latencies, violations, mut handoffs) = match args.mode {
-        Mode::Floor => (run_floor(&args).await?, 0, Vec::new()),
-        _ => run_locks(&args).await?,
+        Mode::Floor => (run_floor(&args, &config).await?, 0, Vec::new()),
+        _ => run_locks(&args, &config).await?,
     };
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
@@ -287,6 +384,9 @@ async fn main() -> Result<(), LockError> {
         violations,
         handoff_p50_us: handoff(0.50),
         handoff_p99_us: handoff(0.99),
+        latency_us: Distribution::of(&latencies),
+        handoff_us: (!handoffs.is_empty()).then(|| Distribution::of(&handoffs)),
+        setup: args.setup.clone(),
     };
     match serde_json::to_string(&report) {
         Ok(line) => println!("{line}"),

@@ -107,3 +107,40 @@ fn generic_runs_on_etcd() {
     let output = run(cmd);
     assert!(output.starts_with("ran: true"), "{output}");
 }
+
+/// `etcd_bench` reads a locksmith URL for its endpoints and prints, beside its percentiles,
+/// the distributions `bench/chart` draws, consistent with them.
+#[test]
+fn etcd_bench_reads_etcd_urls_and_prints_distributions() {
+    let etcd = EtcdServer::start().unwrap();
+    let url = format!("etcd://{0},{0}/bench-test/", etcd.endpoint());
+    for implementation in ["locksmith", "v3lock"] {
+        let mut cmd = example("etcd_bench");
+        cmd.args(["--endpoints", &url, "--mode", "contended", "--clients", "3"]);
+        cmd.args(["--duration", "0.5", "--impl", implementation]);
+        cmd.args(["--setup", "1 member"]);
+        let output = run(cmd);
+        let report: serde_json::Value = serde_json::from_str(output.trim()).unwrap();
+        assert_eq!(report["impl"], implementation, "{output}");
+        assert_eq!(report["violations"], 0, "{output}");
+        assert_eq!(report["setup"], "1 member", "{output}");
+        assert_eq!(report["latency_us"]["n"], report["ops"], "{output}");
+        assert_eq!(report["latency_us"]["p50"], report["p50_us"], "{output}");
+        assert_eq!(report["latency_us"]["p99"], report["p99_us"], "{output}");
+        let handoff = &report["handoff_us"];
+        assert_eq!(handoff["p50"], report["handoff_p50_us"], "{output}");
+        let points: Vec<f64> = ["min", "p1", "p10", "p50", "p90", "p99", "p99.9", "max"]
+            .iter()
+            .map(|key| handoff[key].as_f64().unwrap())
+            .collect();
+        assert!(points.windows(2).all(|w| w[0] <= w[1]), "{output}");
+    }
+    let mut cmd = example("etcd_bench");
+    cmd.args(["--endpoints", "memory://", "--duration", "0.1"]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an etcd config"),
+        "{out:?}"
+    );
+}

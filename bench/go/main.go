@@ -2,6 +2,9 @@
 // examples/etcd_bench.rs, measuring etcd's own concurrency.Mutex as the peer.
 //
 //	GO111MODULE=off GOPATH=/usr/share/gocode go run . -endpoints 127.0.0.1:2379 -mode contended -clients 3 -duration 10
+//
+// -endpoints takes host:port[,host:port...] or locksmith's etcd://host:port[,host:port...]/[ns]
+// (the endpoints are taken from it; the namespace and parameters are not used).
 package main
 
 import (
@@ -9,6 +12,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"sort"
 	"strings"
@@ -32,6 +36,31 @@ type report struct {
 	// Contended mode only: from a holder starting its unlock to the next holder's Lock returning.
 	HandoffP50us *float64 `json:"handoff_p50_us,omitempty"`
 	HandoffP99us *float64 `json:"handoff_p99_us,omitempty"`
+	// The distributions behind the percentiles above, as examples/etcd_bench.rs prints them.
+	LatencyUs distribution  `json:"latency_us"`
+	HandoffUs *distribution `json:"handoff_us,omitempty"`
+	Setup     string        `json:"setup,omitempty"`
+}
+
+// A latency distribution in whole microseconds: count, extremes and nearest-rank percentiles.
+type distribution struct {
+	N     int     `json:"n"`
+	Min   float64 `json:"min"`
+	P1    float64 `json:"p1"`
+	P5    float64 `json:"p5"`
+	P10   float64 `json:"p10"`
+	P20   float64 `json:"p20"`
+	P30   float64 `json:"p30"`
+	P40   float64 `json:"p40"`
+	P50   float64 `json:"p50"`
+	P60   float64 `json:"p60"`
+	P70   float64 `json:"p70"`
+	P80   float64 `json:"p80"`
+	P90   float64 `json:"p90"`
+	P95   float64 `json:"p95"`
+	P99   float64 `json:"p99"`
+	P99_9 float64 `json:"p99.9"`
+	Max   float64 `json:"max"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
@@ -39,14 +68,41 @@ func percentile(sorted []time.Duration, p float64) float64 {
 		return 0
 	}
 	i := int(float64(len(sorted)-1)*p + 0.5)
-	return float64(sorted[i].Microseconds())
+	return math.Round(float64(sorted[i]) / float64(time.Microsecond))
+}
+
+func distributionOf(sorted []time.Duration) distribution {
+	at := func(p float64) float64 { return percentile(sorted, p) }
+	return distribution{
+		N: len(sorted), Min: at(0), P1: at(0.01), P5: at(0.05), P10: at(0.10), P20: at(0.20),
+		P30: at(0.30), P40: at(0.40), P50: at(0.50), P60: at(0.60), P70: at(0.70), P80: at(0.80),
+		P90: at(0.90), P95: at(0.95), P99: at(0.99), P99_9: at(0.999), Max: at(1),
+	}
+}
+
+// endpointList reads -endpoints: a comma-separated list, or an etcd:// URL whose authority is one.
+func endpointList(value string) []string {
+	if rest := strings.TrimPrefix(value, "etcd://"); rest != value {
+		value = rest
+		if end := strings.IndexAny(value, "/?"); end >= 0 {
+			value = value[:end]
+		}
+	}
+	var list []string
+	for _, endpoint := range strings.Split(value, ",") {
+		if endpoint = strings.TrimSpace(endpoint); endpoint != "" {
+			list = append(list, endpoint)
+		}
+	}
+	return list
 }
 
 func main() {
-	endpoints := flag.String("endpoints", "127.0.0.1:2379", "comma-separated etcd endpoints")
+	endpoints := flag.String("endpoints", "127.0.0.1:2379", "comma-separated etcd endpoints, or etcd://host:port[,host:port]/")
 	mode := flag.String("mode", "contended", "uncontended | contended | distinct")
 	clients := flag.Int("clients", 3, "concurrent clients, each with its own session")
 	duration := flag.Float64("duration", 10, "seconds to run")
+	setup := flag.String("setup", "", "what etcd this run measures, copied to the report")
 	flag.Parse()
 	if *mode == "uncontended" {
 		*clients = 1
@@ -68,7 +124,7 @@ func main() {
 	var wg sync.WaitGroup
 	started := time.Now()
 	for id := 0; id < *clients; id++ {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(*endpoints, ","), DialTimeout: 5 * time.Second})
+		cli, err := clientv3.New(clientv3.Config{Endpoints: endpointList(*endpoints), DialTimeout: 5 * time.Second})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "etcd_bench: %v\n", err)
 			os.Exit(1)
@@ -126,11 +182,13 @@ func main() {
 		Impl: "go-concurrency", Mode: *mode, Clients: *clients, Ops: len(latencies),
 		OpsPerS: float64(int(float64(len(latencies))/elapsed*10)) / 10,
 		P50us:   percentile(latencies, 0.5), P99us: percentile(latencies, 0.99),
-		Violations: violations,
+		Violations: violations, LatencyUs: distributionOf(latencies), Setup: *setup,
 	}
 	if len(handoffs) > 0 {
 		p50, p99 := percentile(handoffs, 0.5), percentile(handoffs, 0.99)
 		r.HandoffP50us, r.HandoffP99us = &p50, &p99
+		handoff := distributionOf(handoffs)
+		r.HandoffUs = &handoff
 	}
 	out, _ := json.Marshal(r)
 	fmt.Println(string(out))

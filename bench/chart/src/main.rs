@@ -1,0 +1,320 @@
+//! Draws the JSON lines of `bench/run.sh` (from `examples/etcd_bench.rs` and `bench/go`) as
+//! SVG charts: for every etcd setup and client count of the contended runs, the cumulative
+//! distribution of the handoff latency of each lock implementation, beside the setup's floor.
+//!
+//! ```text
+//! cargo run --release --manifest-path bench/chart/Cargo.toml -- --dir docs/bench RESULTS.jsonl…
+//! ```
+//!
+//! Prints the path of every chart it wrote. Lines that are not contended runs with a
+//! `handoff_us` distribution only contribute their floor (mode `floor`) or are skipped.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+use plotters::coord::combinators::IntoLogRange;
+use plotters::prelude::*;
+use serde::Deserialize;
+
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+/// The part of a bench line the charts use.
+#[derive(Deserialize)]
+struct Run {
+    #[serde(rename = "impl")]
+    implementation: String,
+    mode: String,
+    clients: usize,
+    p50_us: f64,
+    #[serde(default)]
+    setup: Option<String>,
+    #[serde(default)]
+    handoff_us: Option<Distribution>,
+}
+
+/// A latency distribution in µs, as the bench programs print it.
+#[derive(Deserialize)]
+struct Distribution {
+    n: usize,
+    min: f64,
+    p1: f64,
+    p5: f64,
+    p10: f64,
+    p20: f64,
+    p30: f64,
+    p40: f64,
+    p50: f64,
+    p60: f64,
+    p70: f64,
+    p80: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+    #[serde(rename = "p99.9")]
+    p99_9: f64,
+    max: f64,
+}
+
+impl Distribution {
+    /// The cumulative curve: (latency in ms, % of samples at or below it).
+    fn curve(&self) -> Vec<(f64, f64)> {
+        [
+            (self.min, 0.0),
+            (self.p1, 1.0),
+            (self.p5, 5.0),
+            (self.p10, 10.0),
+            (self.p20, 20.0),
+            (self.p30, 30.0),
+            (self.p40, 40.0),
+            (self.p50, 50.0),
+            (self.p60, 60.0),
+            (self.p70, 70.0),
+            (self.p80, 80.0),
+            (self.p90, 90.0),
+            (self.p95, 95.0),
+            (self.p99, 99.0),
+            (self.p99_9, 99.9),
+            (self.max, 100.0),
+        ]
+        .into_iter()
+        .map(|(us, percent)| (us.max(1.0) / 1000.0, percent))
+        .collect()
+    }
+}
+
+/// The setup a line names; lines from before `--setup` existed share one.
+fn setup_of(run: &Run) -> String {
+    run.setup.clone().unwrap_or_else(|| "etcd".to_owned())
+}
+
+/// The implementations in the order they are drawn, with their colours.
+const IMPLS: [(&str, RGBColor); 3] = [
+    ("locksmith", RGBColor(0xd9, 0x4f, 0x00)),
+    ("v3lock", RGBColor(0x1f, 0x77, 0xb4)),
+    ("go-concurrency", RGBColor(0x2c, 0xa0, 0x2c)),
+];
+
+/// One chart: the contended runs of one setup at one client count.
+struct Chart<'a> {
+    setup: &'a str,
+    clients: usize,
+    /// Floor p50 of the same setup, in µs, if the file has it.
+    floor_us: Option<f64>,
+    runs: Vec<&'a Run>,
+}
+
+impl Chart<'_> {
+    fn file_name(&self) -> String {
+        let slug: String = self
+            .setup
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let slug = slug
+            .split('-')
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        format!("handoff-{slug}-{}-clients.svg", self.clients)
+    }
+
+    fn draw(&self, path: &Path) -> Result<()> {
+        let curves: Vec<(&Run, Vec<(f64, f64)>)> = self
+            .runs
+            .iter()
+            .filter_map(|run| Some((*run, run.handoff_us.as_ref()?.curve())))
+            .collect();
+        let all = curves
+            .iter()
+            .flat_map(|(_, curve)| curve.iter().map(|p| p.0));
+        let floor_ms = self.floor_us.map(|us| us / 1000.0);
+        let (lo, hi) = all
+            .chain(floor_ms)
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        // Whole decades, so that the log axis is labelled 0.1, 1, 10, 100 ms (the lower end a
+        // hair below, or rounding in plotters' log axis leaves its label out).
+        let (lo, hi) = (
+            10f64.powf(lo.log10().floor()) * 0.999,
+            10f64.powf(hi.log10().ceil()),
+        );
+
+        // (label, line style, dashed)
+        let mut legend: Vec<(String, ShapeStyle, bool)> = Vec::new();
+        let root = SVGBackend::new(path, (760, 540)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (plot_area, legend_area) = root.split_vertically(440);
+        let title = format!(
+            "Contended handoff latency, {} clients ({})",
+            self.clients, self.setup
+        );
+        let mut chart = ChartBuilder::on(&plot_area)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..100f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("handoff: holder starts unlock → next holder's lock returns (ms, log scale)")
+            .y_desc("% of handoffs at or below")
+            .x_label_formatter(&|ms| format_ms(*ms))
+            .y_labels(11)
+            .y_label_formatter(&|percent| format!("{percent:.0}"))
+            .light_line_style(RGBColor(0xee, 0xee, 0xee))
+            .draw()?;
+
+        if let Some(floor) = floor_ms {
+            let style = ShapeStyle::from(&BLACK.mix(0.6)).stroke_width(1);
+            chart.draw_series(DashedLineSeries::new(
+                [(floor, 0.0), (floor, 100.0)],
+                6,
+                4,
+                style,
+            ))?;
+            let label = format!(
+                "floor p50 {} (delete → watch event, same setup)",
+                format_us(floor * 1000.0)
+            );
+            legend.push((label, style, true));
+        }
+        for (name, colour) in IMPLS {
+            for (run, curve) in curves.iter().filter(|(run, _)| run.implementation == name) {
+                let Some(handoff) = &run.handoff_us else {
+                    continue;
+                };
+                let style = colour.stroke_width(2);
+                chart.draw_series(LineSeries::new(curve.iter().copied(), style))?;
+                let label = format!(
+                    "{name}: p50 {}, p99 {}, {} handoffs ({:.0} ms p50 per lock+unlock)",
+                    format_us(handoff.p50),
+                    format_us(handoff.p99),
+                    handoff.n,
+                    run.p50_us / 1000.0
+                );
+                legend.push((label, style, false));
+            }
+        }
+        // The legend sits under the plot, where it hides no curve.
+        for (row, (label, style, dashed)) in legend.into_iter().enumerate() {
+            let y = 12 + 22 * row as i32;
+            let segments: &[(i32, i32)] = if dashed {
+                &[(70, 78), (82, 90), (94, 100)]
+            } else {
+                &[(70, 100)]
+            };
+            for &(from, to) in segments {
+                legend_area.draw(&PathElement::new([(from, y), (to, y)], style))?;
+            }
+            legend_area.draw(&Text::new(
+                label,
+                (110, y - 7),
+                ("sans-serif", 14).into_font(),
+            ))?;
+        }
+        root.present()?;
+        Ok(())
+    }
+}
+
+fn format_ms(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{ms}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+fn format_us(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else if us < 10_000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{:.0} ms", us / 1000.0)
+    }
+}
+
+fn read_runs(paths: &[PathBuf]) -> Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        for (number, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let run: Run = serde_json::from_str(line).map_err(|err| {
+                format!("{}:{}: not a bench line: {err}", path.display(), number + 1)
+            })?;
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+fn charts(runs: &[Run]) -> Vec<Chart<'_>> {
+    let floors: BTreeMap<String, f64> = runs
+        .iter()
+        .filter(|run| run.mode == "floor")
+        .map(|run| (setup_of(run), run.p50_us))
+        .collect();
+    let mut charts: BTreeMap<(String, usize), Vec<&Run>> = BTreeMap::new();
+    for run in runs {
+        if run.mode == "contended" && run.handoff_us.is_some() {
+            charts
+                .entry((setup_of(run), run.clients))
+                .or_default()
+                .push(run);
+        }
+    }
+    charts
+        .into_iter()
+        .map(|((setup, clients), runs)| {
+            let setup_ref = runs.first().and_then(|run| run.setup.as_deref());
+            Chart {
+                setup: setup_ref.unwrap_or("etcd"),
+                clients,
+                floor_us: floors.get(&setup).copied(),
+                runs,
+            }
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let mut dir = PathBuf::from("docs/bench");
+    let mut inputs = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--dir" {
+            dir = args.next().ok_or("--dir needs a directory")?.into();
+        } else {
+            inputs.push(PathBuf::from(arg));
+        }
+    }
+    if inputs.is_empty() {
+        return Err("usage: bench-chart [--dir DIR] RESULTS.jsonl…".into());
+    }
+    let runs = read_runs(&inputs)?;
+    let charts = charts(&runs);
+    if charts.is_empty() {
+        return Err("no contended run with a handoff_us distribution in the input".into());
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    for chart in charts {
+        let path = dir.join(chart.file_name());
+        chart
+            .draw(&path)
+            .map_err(|err| format!("cannot draw {}: {err}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
