@@ -4,11 +4,12 @@
 //! of the attempt, so that a key this attempt did not create is never taken for its own);
 //! the owner is the direct child of `{namespace}{name}/` with the lowest create revision.
 //!
-//! A waiter with at most [`TRACK`] older keys knows them all and watches their deletes and its
-//! own key's on one watch, so it owns the lock the moment the last older key's delete arrives,
-//! with no read (see [`watch::all_gone`]). A waiter further back watches only the key
-//! [`TRACK`] + 1 places ahead of it, and reads the queue again once that key is gone: every
-//! delete reaches at most [`TRACK`] + 1 waiters, however long the queue.
+//! The queue transaction reads the newest keys with ours. A waiter with at most [`TRACK`]
+//! older keys knows them all and watches their deletes and its own key's on one watch, so it
+//! owns the lock the moment the last older key's delete arrives, with no read (see
+//! [`watch::all_gone`]). A waiter further back watches only the key [`TRACK`] + 1 places ahead
+//! of it; once that key is gone it tracks the [`TRACK`] keys it knows are left. Every delete
+//! reaches at most [`TRACK`] + 1 waiters, however long the queue.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,11 +55,9 @@ impl LockKeys {
         }
     }
 
-    /// True for `{prefix}{x}` where `x` has no `/`: a key of this lock, not of a lock
-    /// nested under it (`a/b`'s keys are under `a/` too).
+    /// True for a key of this lock, not of a lock nested under it.
     fn is_direct_child(&self, key: &[u8]) -> bool {
-        key.strip_prefix(self.prefix.as_bytes())
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains(&b'/'))
+        watch::is_direct_child(self.prefix.as_bytes(), key)
     }
 }
 
@@ -96,7 +95,7 @@ pub(crate) async fn try_lock(
     let queued = enqueue(session, &keys, &pending).await?;
     // Older keys known to stand mean "taken" without another read.
     let owner = queued.owner
-        || (queued.older.is_none()
+        || (queued.ahead.is_none()
             && matches!(
                 ahead(session, &keys, queued.revision).await?,
                 Ahead::Nobody { own: Some(own), .. } if own == queued.revision
@@ -124,12 +123,12 @@ struct Queued {
     header: i64,
     /// True when our key is the oldest of all keys under the prefix.
     owner: bool,
-    /// Every key of the lock older than ours, when there are at most [`TRACK`] of them
-    /// (oldest first); `None` when the read did not reach our key.
-    older: Option<Vec<QueueKey>>,
+    /// Who is ahead of us, as the queue transaction read it (`None` when nested lock names
+    /// filled its page).
+    ahead: Option<Ahead>,
 }
 
-/// Puts our key, fresh, and reads the oldest keys under the prefix: one round trip unless a
+/// Puts our key, fresh, and reads the newest keys under the prefix: one round trip unless a
 /// key of ours was already there.
 ///
 /// The attempts run in a task of their own that holds the pending key's gate and marks the key
@@ -216,7 +215,8 @@ async fn queue_attempts(
 }
 
 /// The queue transaction. With `stale == 0`: if our key is absent, put it with this attempt's
-/// `nonce` and read the oldest keys; else read our key and the oldest. With `stale > 0`: delete
+/// `nonce` and read the newest keys (ours and up to [`TRACK`] + 1 older); else read our key
+/// and the newest. With `stale > 0`: delete
 /// our key if it still has that create revision, and read it back.
 fn queue_txn(link: &Link, own: &str, prefix: &str, nonce: &str, stale: i64) -> Txn {
     if stale > 0 {
@@ -225,10 +225,10 @@ fn queue_txn(link: &Link, own: &str, prefix: &str, nonce: &str, stale: i64) -> T
             .and_then([TxnOp::delete(own, None)])
             .or_else([TxnOp::get(own, None)]);
     }
-    let oldest = GetOptions::new()
+    let newest = GetOptions::new()
         .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(TRACK as i64 + 1)
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(TRACK as i64 + 2)
         .with_keys_only();
     Txn::new()
         .when([Compare::create_revision(own, CompareOp::Equal, 0)])
@@ -238,9 +238,9 @@ fn queue_txn(link: &Link, own: &str, prefix: &str, nonce: &str, stale: i64) -> T
                 nonce,
                 Some(PutOptions::new().with_lease(link.lease_id)),
             ),
-            TxnOp::get(prefix, Some(oldest.clone())),
+            TxnOp::get(prefix, Some(newest.clone())),
         ])
-        .or_else([TxnOp::get(own, None), TxnOp::get(prefix, Some(oldest))])
+        .or_else([TxnOp::get(own, None), TxnOp::get(prefix, Some(newest))])
 }
 
 /// What one queue transaction found.
@@ -276,32 +276,30 @@ fn read_queue_reply(
         _ => return Err(malformed("the queue transaction")),
     };
     let revision = found.unwrap_or(header);
-    let Some(TxnOpResponse::Get(oldest)) = replies.get(1) else {
+    let Some(TxnOpResponse::Get(newest)) = replies.get(1) else {
         return Err(malformed("the queue transaction"));
     };
     if revision <= 0 {
         return Err(malformed("the queue transaction"));
     }
-    // Oldest first: if our key is among them, the ones before it are all the older keys.
-    let older = oldest
+    // Newest first: the keys after ours are the newest older ones.
+    let ahead = newest
         .kvs()
         .iter()
         .position(|kv| kv.key() == own.as_bytes())
-        .map(|at| {
-            oldest.kvs()[..at]
+        .and_then(|at| {
+            let mut sorter = AheadSorter::default();
+            newest.kvs()[at + 1..]
                 .iter()
                 .filter(|kv| keys.is_direct_child(kv.key()))
-                .map(|kv| QueueKey {
-                    key: kv.key().to_vec(),
-                    revision: kv.create_revision(),
-                })
-                .collect::<Vec<_>>()
+                .find_map(|kv| sorter.push(kv))
+                .or_else(|| sorter.finish(newest.more(), Some(revision), header))
         });
     Ok(QueueReply::Queued(Queued {
         revision,
         header,
-        owner: older.as_ref().is_some_and(Vec::is_empty),
-        older,
+        owner: matches!(ahead, Some(Ahead::Nobody { .. })),
+        ahead,
     }))
 }
 
@@ -323,40 +321,51 @@ async fn enqueue_and_wait(
     let owner = |header| Queued {
         header,
         owner: true,
-        older: Some(Vec::new()),
+        ahead: None,
         ..queued.clone()
     };
     // A watch that ends without settling (a broken or refused stream, compaction) is followed
     // by a read; back off between such rounds so that a failing stream is not a busy loop.
     let mut backoff = Backoff::default();
-    let mut known = queued.older.clone();
+    let mut known = queued.ahead.clone();
     loop {
-        let older = match known.take() {
-            Some(older) => older,
-            None => match ahead(session, keys, queued.revision).await? {
-                // The session may have expired while we waited (etcd issue 9921): only our
-                // own key, still there with our revision, proves ownership.
-                Ahead::Nobody { own, header } if own == Some(queued.revision) => {
-                    return Ok(owner(header))
-                }
-                Ahead::Nobody { .. } => return Err(own_key_gone(session, name).await),
-                Ahead::Near { own, .. } if own != Some(queued.revision) => {
-                    return Err(own_key_gone(session, name).await)
-                }
-                Ahead::Near { older, .. } => older,
-                Ahead::Far(far) => {
-                    match watch::gone(session, &far.key, far.revision).await {
-                        Ok(Watched::Deleted) => backoff.reset(),
-                        Ok(Watched::Reread) => backoff.wait(session).await?,
-                        Err(err) => watch_failed(session, err, &mut backoff).await?,
-                    }
-                    continue;
-                }
-            },
+        let read = match known.take() {
+            Some(known) => known,
+            None => ahead(session, keys, queued.revision).await?,
         };
-        match watch::all_gone(session, &own, &older).await {
+        let older = match read {
+            // The session may have expired while we waited (etcd issue 9921): only our own
+            // key, still there with our revision, proves ownership.
+            Ahead::Nobody { own, header } if own == Some(queued.revision) => {
+                return Ok(owner(header))
+            }
+            Ahead::Nobody { .. } => return Err(own_key_gone(session, name).await),
+            Ahead::Near { own, .. } if own != Some(queued.revision) => {
+                return Err(own_key_gone(session, name).await)
+            }
+            Ahead::Near { older, .. } => older,
+            Ahead::Far { far, near } => {
+                match watch::gone(session, &far.key, far.revision).await {
+                    // Unless keys older than it withdrew, the ones we know are all that is
+                    // left ahead of us; `all_gone` checks that.
+                    Ok(Watched::Deleted) => {
+                        backoff.reset();
+                        known = Some(Ahead::Near {
+                            older: near,
+                            own: Some(queued.revision),
+                        });
+                    }
+                    Ok(Watched::Reread) => backoff.wait(session).await?,
+                    Err(err) => watch_failed(session, err, &mut backoff).await?,
+                }
+                continue;
+            }
+        };
+        match watch::all_gone(session, keys.prefix.as_bytes(), &own, &older).await {
             Ok(Tracked::Owner { at }) => return Ok(owner(at)),
             Ok(Tracked::OwnGone) => return Err(own_key_gone(session, name).await),
+            // Older keys than the ones we know: read the queue afresh, at once.
+            Ok(Tracked::Incomplete) => backoff.reset(),
             Ok(Tracked::Reread) => backoff.wait(session).await?,
             Err(err) => watch_failed(session, err, &mut backoff).await?,
         }
@@ -392,6 +401,7 @@ async fn watch_failed(
 }
 
 /// Who is ahead of us in the queue.
+#[derive(Debug, Clone)]
 enum Ahead {
     /// Nobody: our own key's create revision (if it still exists), read in the same
     /// transaction at store revision `header`.
@@ -402,8 +412,47 @@ enum Ahead {
         older: Vec<QueueKey>,
         own: Option<i64>,
     },
-    /// More: the key [`TRACK`] + 1 places ahead of ours, whose delete brings us near.
-    Far(QueueKey),
+    /// More: the key [`TRACK`] + 1 places ahead of ours, whose delete brings us near, and the
+    /// [`TRACK`] keys between it and ours.
+    Far { far: QueueKey, near: Vec<QueueKey> },
+}
+
+/// Sorts the direct children older than our key, newest first, into an [`Ahead`].
+#[derive(Default)]
+struct AheadSorter {
+    near: Vec<QueueKey>,
+}
+
+impl AheadSorter {
+    /// Takes the next older key; `Some` once it is the one [`TRACK`] + 1 places ahead.
+    fn push(&mut self, kv: &etcd_client::KeyValue) -> Option<Ahead> {
+        let key = QueueKey {
+            key: kv.key().to_vec(),
+            revision: kv.create_revision(),
+        };
+        if self.near.len() < TRACK {
+            self.near.push(key);
+            return None;
+        }
+        Some(Ahead::Far {
+            far: key,
+            near: std::mem::take(&mut self.near),
+        })
+    }
+
+    /// Every older key was pushed, unless the page had `more`: then nothing is known.
+    fn finish(self, more: bool, own: Option<i64>, header: i64) -> Option<Ahead> {
+        if more {
+            None
+        } else if self.near.is_empty() {
+            Some(Ahead::Nobody { own, header })
+        } else {
+            Some(Ahead::Near {
+                older: self.near,
+                own,
+            })
+        }
+    }
 }
 
 /// Reads who is ahead of the key created at `revision`, and our own key with it: one round
@@ -411,7 +460,7 @@ enum Ahead {
 /// every older key and waiting further back.
 async fn ahead(session: &Session, keys: &LockKeys, revision: i64) -> Result<Ahead, LockError> {
     let mut below = revision - 1;
-    let mut older = Vec::new();
+    let mut sorter = AheadSorter::default();
     loop {
         let page = GetOptions::new()
             .with_prefix()
@@ -433,29 +482,19 @@ async fn ahead(session: &Session, keys: &LockKeys, revision: i64) -> Result<Ahea
             [TxnOpResponse::Get(page), TxnOpResponse::Get(own)] => (page.clone(), own.clone()),
             _ => return Err(malformed("the queue read")),
         };
-        for kv in page
+        let direct = page
             .kvs()
             .iter()
-            .filter(|kv| keys.is_direct_child(kv.key()))
-        {
-            let key = QueueKey {
-                key: kv.key().to_vec(),
-                revision: kv.create_revision(),
-            };
-            if older.len() == TRACK {
-                return Ok(Ahead::Far(key));
-            }
-            older.push(key);
+            .filter(|kv| keys.is_direct_child(kv.key()));
+        if let Some(far) = direct.into_iter().find_map(|kv| sorter.push(kv)) {
+            return Ok(far);
         }
         match page.kvs().last() {
             Some(last) if page.more() => below = last.create_revision() - 1,
             _ => {
                 let own = own.kvs().first().map(|kv| kv.create_revision());
-                return Ok(if older.is_empty() {
-                    Ahead::Nobody { own, header }
-                } else {
-                    Ahead::Near { older, own }
-                });
+                let finished = std::mem::take(&mut sorter).finish(false, own, header);
+                return finished.ok_or_else(|| malformed("the queue read"));
             }
         }
     }

@@ -309,6 +309,63 @@ async fn a_waiter_whose_key_is_deleted_fails_at_once() {
     held.unlock().await.unwrap();
 }
 
+/// Issue 11: a waiter far back watches one key nine places ahead, and once that key goes it
+/// tracks the eight it knows are left. When that key went out of turn (withdrawn while the
+/// holder still holds) and then the eight withdraw too, the waiter must find the holder still
+/// there, never take the lock beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_far_back_never_overtakes_when_keys_ahead_withdraw() {
+    const AHEAD: usize = 9;
+    let etcd = Etcd::new();
+    let holder = etcd.session().await;
+    let held = holder.lock("far").await.unwrap();
+    let mut ahead = Vec::new();
+    for i in 0..AHEAD {
+        let session = etcd.session().await;
+        ahead.push(tokio::spawn(async move { session.lock("far").await }));
+        etcd.wait_queued("far", i + 2).await;
+    }
+    let last = etcd.session().await;
+    let mut waiter = {
+        let last = last.clone();
+        tokio::spawn(async move { last.lock("far").await })
+    };
+    etcd.wait_queued("far", AHEAD + 2).await;
+    watches_settle(&etcd, (AHEAD + 2) as f64).await;
+    // The key the last waiter watches withdraws first; it then tracks the other eight.
+    let mut ahead = ahead.into_iter();
+    if let Some(first) = ahead.next() {
+        first.abort();
+    }
+    within("the first withdrawal", async {
+        while etcd.keys("far").await.len() > AHEAD + 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for task in ahead {
+        task.abort();
+    }
+    within("the withdrawals", async {
+        while etcd.keys("far").await.len() > 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiter)
+            .await
+            .is_err(),
+        "the last waiter took the lock while it was held"
+    );
+    assert!(!held.is_lost());
+    held.unlock().await.unwrap();
+    let guard = within("the last waiter", waiter).await.unwrap().unwrap();
+    assert_eq!(etcd.keys("far").await, vec![guard.key().to_owned()]);
+    guard.unlock().await.unwrap();
+}
+
 /// A stale unlock after the same session re-acquired (same key, newer revision) does not
 /// delete the newer hold: the delete is guarded by the create revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
