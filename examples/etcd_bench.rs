@@ -15,7 +15,10 @@
 //! `handoff_p99_us`: from a holder starting its unlock to the next holder's `lock` returning.
 //! Every line also carries `latency_us`, the distribution of those latencies, and contended
 //! runs `handoff_us`, that of the handoffs: `{"n","min","p1",…,"p99.9","max"}` in µs (the
-//! field names `bench/go` prints too, and what `bench/chart` draws). `--setup TEXT` adds
+//! field names `bench/go` prints too, and what `bench/chart` draws). Contended runs also give
+//! `release_p50_us` and `release_us`: how long the holders' unlock calls took, i.e. the delete's
+//! round trip on etcd under this very load, which a handoff cannot beat by much (etcd sends
+//! the delete's watch event and its reply as it applies it). `--setup TEXT` adds
 //! `"setup": TEXT`, which `bench/run.sh` uses to say what etcd the run measured.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,6 +116,11 @@ struct Report {
     /// Contended mode only: the distribution behind `handoff_p50_us` and `handoff_p99_us`.
     #[serde(skip_serializing_if = "Option::is_none")]
     handoff_us: Option<Distribution>,
+    /// Contended mode only: the holders' unlock calls (start to return).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release_p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release_us: Option<Distribution>,
     /// `--setup`, as given.
     #[serde(skip_serializing_if = "Option::is_none")]
     setup: Option<String>,
@@ -190,13 +198,16 @@ impl Locker {
         })
     }
 
-    /// Takes and releases `name` once; `inside` runs while holding.
-    async fn cycle(&self, name: &str, inside: impl FnOnce()) -> Result<(), LockError> {
+    /// Takes and releases `name` once; `inside` runs while holding. Returns how long the
+    /// release took.
+    async fn cycle(&self, name: &str, inside: impl FnOnce()) -> Result<Duration, LockError> {
         match self {
             Locker::Locksmith(session) => {
                 let guard = session.lock(name).await?;
                 inside();
-                guard.unlock().await
+                let releasing = Instant::now();
+                guard.unlock().await?;
+                Ok(releasing.elapsed())
             }
             Locker::V3 { session, namespace } => {
                 let mut client = session.client();
@@ -206,8 +217,9 @@ impl Locker {
                     .await
                     .map_err(v3_error)?;
                 inside();
+                let releasing = Instant::now();
                 client.unlock(held.key()).await.map_err(v3_error)?;
-                Ok(())
+                Ok(releasing.elapsed())
             }
         }
     }
@@ -252,8 +264,9 @@ impl OverlapCheck {
     }
 }
 
-/// Latencies per lock+unlock, overlapping holds seen, and handoff times (contended mode).
-type LockRun = (Vec<Duration>, usize, Vec<Duration>);
+/// Latencies per lock+unlock, overlapping holds seen, handoff times (contended mode) and
+/// release times.
+type LockRun = (Vec<Duration>, usize, Vec<Duration>, Vec<Duration>);
 
 async fn run_locks(args: &Args, config: &EtcdConfig) -> Result<LockRun, LockError> {
     let clients = if args.mode == Mode::Uncontended {
@@ -278,23 +291,25 @@ async fn run_locks(args: &Args, config: &EtcdConfig) -> Result<LockRun, LockErro
         tasks.push(tokio::spawn(async move {
             let slot = if mode == Mode::Distinct { id } else { 0 };
             let name = format!("{run}/{slot}");
-            let mut latencies = Vec::new();
+            let (mut latencies, mut releases) = (Vec::new(), Vec::new());
             while Instant::now() < deadline {
                 let started = Instant::now();
-                locker
+                let released = locker
                     .cycle(&name, || checks[slot].enter_and_leave())
                     .await?;
                 latencies.push(started.elapsed());
+                releases.push(released);
             }
-            Ok::<_, LockError>(latencies)
+            Ok::<_, LockError>((latencies, releases))
         }));
     }
-    let mut latencies = Vec::new();
+    let (mut latencies, mut releases) = (Vec::new(), Vec::new());
     for task in tasks {
-        let done = task
+        let (done, released) = task
             .await
             .map_err(|err| LockError::config_with("a bench client failed", err))??;
         latencies.extend(done);
+        releases.extend(released);
     }
     let violations = checks
         .iter()
@@ -307,7 +322,7 @@ async fn run_locks(args: &Args, config: &EtcdConfig) -> Result<LockRun, LockErro
             .unwrap_or_else(PoisonError::into_inner);
         std::mem::take(&mut handoffs.1)
     };
-    Ok((latencies, violations, handoffs))
+    Ok((latencies, violations, handoffs, releases))
 }
 
 async fn run_floor(args: &Args, config: &EtcdConfig) -> Result<Vec<Duration>, LockError> {
@@ -361,10 +376,14 @@ async fn main() -> Result<(), LockError> {
     let args = Args::parse();
     let config = etcd_config(&args.endpoints)?;
     let started = Instant::now();
-    let (mut latencies, violations, mut handoffs) = match args.mode {
-        Mode::Floor => (run_floor(&args, &config).await?, 0, Vec::new()),
+    let (mut latencies, violations, mut handoffs, mut releases) = match args.mode {
+        Mode::Floor => (run_floor(&args, &config).await?, 0, Vec::new(), Vec::new()),
         _ => run_locks(&args, &config).await?,
     };
+    if args.mode != Mode::Contended {
+        releases.clear();
+    }
+    releases.sort();
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     handoffs.sort();
@@ -386,6 +405,8 @@ async fn main() -> Result<(), LockError> {
         handoff_p99_us: handoff(0.99),
         latency_us: Distribution::of(&latencies),
         handoff_us: (!handoffs.is_empty()).then(|| Distribution::of(&handoffs)),
+        release_p50_us: (!releases.is_empty()).then(|| percentile(&releases, 0.50).round()),
+        release_us: (!releases.is_empty()).then(|| Distribution::of(&releases)),
         setup: args.setup.clone(),
     };
     match serde_json::to_string(&report) {

@@ -39,7 +39,10 @@ type report struct {
 	// The distributions behind the percentiles above, as examples/etcd_bench.rs prints them.
 	LatencyUs distribution  `json:"latency_us"`
 	HandoffUs *distribution `json:"handoff_us,omitempty"`
-	Setup     string        `json:"setup,omitempty"`
+	// Contended mode only: the holders' Unlock calls, start to return.
+	ReleaseP50us *float64      `json:"release_p50_us,omitempty"`
+	ReleaseUs    *distribution `json:"release_us,omitempty"`
+	Setup        string        `json:"setup,omitempty"`
 }
 
 // A latency distribution in whole microseconds: count, extremes and nearest-rank percentiles.
@@ -121,6 +124,7 @@ func main() {
 	var handoffMu sync.Mutex
 	var lastLeft time.Time
 	var handoffs []time.Duration
+	var releases []time.Duration
 	var wg sync.WaitGroup
 	started := time.Now()
 	for id := 0; id < *clients; id++ {
@@ -142,7 +146,7 @@ func main() {
 		go func(slot int) {
 			defer wg.Done()
 			name := fmt.Sprintf("%s/%d", run, slot)
-			var mine []time.Duration
+			var mine, released []time.Duration
 			for time.Now().Before(deadline) {
 				m := concurrency.NewMutex(session, name)
 				t0 := time.Now()
@@ -163,14 +167,19 @@ func main() {
 					lastLeft = time.Now()
 					handoffMu.Unlock()
 				}
+				releasing := time.Now()
 				if err := m.Unlock(context.Background()); err != nil {
 					fmt.Fprintf(os.Stderr, "etcd_bench: unlock: %v\n", err)
 					os.Exit(1)
 				}
+				released = append(released, time.Since(releasing))
 				mine = append(mine, time.Since(t0))
 			}
 			mu.Lock()
 			latencies = append(latencies, mine...)
+			if *mode == "contended" {
+				releases = append(releases, released...)
+			}
 			mu.Unlock()
 		}(slot)
 	}
@@ -178,6 +187,7 @@ func main() {
 	elapsed := time.Since(started).Seconds()
 	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
 	sort.Slice(handoffs, func(i, j int) bool { return handoffs[i] < handoffs[j] })
+	sort.Slice(releases, func(i, j int) bool { return releases[i] < releases[j] })
 	r := report{
 		Impl: "go-concurrency", Mode: *mode, Clients: *clients, Ops: len(latencies),
 		OpsPerS: float64(int(float64(len(latencies))/elapsed*10)) / 10,
@@ -189,6 +199,11 @@ func main() {
 		r.HandoffP50us, r.HandoffP99us = &p50, &p99
 		handoff := distributionOf(handoffs)
 		r.HandoffUs = &handoff
+	}
+	if len(releases) > 0 {
+		p50 := percentile(releases, 0.5)
+		release := distributionOf(releases)
+		r.ReleaseP50us, r.ReleaseUs = &p50, &release
 	}
 	out, _ := json.Marshal(r)
 	fmt.Println(string(out))
