@@ -1,6 +1,6 @@
 //! Waiting for a key to be deleted.
 
-use etcd_client::{GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{GetOptions, GetResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
 
 use crate::hub::Notice;
 use crate::session::Link;
@@ -98,6 +98,49 @@ pub(crate) enum Tracked {
     Reread,
 }
 
+/// Whether no key of the queue under `prefix` is left older than the keys a waiter knows,
+/// given `first`, the newest page of the keys older than those. Keys of nested lock names can
+/// fill whole pages (they share the prefix); re-reading the queue would find the same keys and
+/// loop, so read on past them, page by page. The later pages are read at a newer revision,
+/// which is safe: no key older than a known one can be created, only go. `None` when a read
+/// took too long.
+///
+/// # Errors
+/// The etcd error of a read.
+async fn nothing_older_left(
+    link: &Link,
+    prefix: &[u8],
+    first: &GetResponse,
+) -> Result<Option<bool>, etcd_client::Error> {
+    let mut client = link.client.clone();
+    let mut page = first.clone();
+    loop {
+        if page
+            .kvs()
+            .iter()
+            .any(|kv| is_direct_child(prefix, kv.key()))
+        {
+            return Ok(Some(false));
+        }
+        let below = match page.kvs().last() {
+            // No key is created at revision 1 (the empty store), and a maximum of 0 is none.
+            Some(last) if page.more() && last.create_revision() > 1 => last.create_revision() - 1,
+            _ => return Ok(Some(true)),
+        };
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_max_create_revision(below)
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(PAGE)
+            .with_keys_only();
+        let Some(next) = crate::retry::attempt(link, client.get(prefix, Some(options))).await
+        else {
+            return Ok(None);
+        };
+        page = next?;
+    }
+}
+
 /// True for `{prefix}{x}` where `x` has no `/`: a key of the lock whose keys live under
 /// `prefix`, not of a lock nested under it (`a/b`'s keys are under `a/` too).
 pub(crate) fn is_direct_child(prefix: &[u8], key: &[u8]) -> bool {
@@ -172,15 +215,13 @@ pub(crate) async fn all_gone(
     if !stands(0, own) {
         return Ok(Tracked::OwnGone);
     }
-    match found.last() {
-        // Nested lock names alone fill the page only in odd layouts: read the queue afresh.
-        Some(TxnOpResponse::Get(before))
-            if !before.more()
-                && !before
-                    .kvs()
-                    .iter()
-                    .any(|kv| is_direct_child(prefix, kv.key())) => {}
-        _ => return Ok(Tracked::Incomplete),
+    let Some(TxnOpResponse::Get(before)) = found.last() else {
+        return Ok(Tracked::Incomplete);
+    };
+    match nothing_older_left(link, prefix, before).await? {
+        Some(true) => {}
+        Some(false) => return Ok(Tracked::Incomplete),
+        None => return Ok(Tracked::Reread),
     }
     let mut left: Vec<&[u8]> = older
         .iter()
