@@ -139,9 +139,11 @@ impl WatchHub {
 
     /// Watches the keys in `[start, end)` from now for deletes (puts are not sent at all):
     /// the subscriber hears `Created`, then every delete, until it drops the subscription
-    /// or hears `Reread`. Each delivery is in revision order and nothing after the moment
-    /// `Created` is heard is missed, so a read made after it plus the deletes with a newer
-    /// revision tell the state of every key in the range.
+    /// or hears `Reread`. `Created` comes once both watches of the twin pair exist (or the
+    /// twin turned out needless), and from then on each watch delivers every delete, in
+    /// revision order: a read made after `Created` plus the deletes with a newer revision
+    /// tell the state of every key in the range. The two watches' deliveries interleave: a
+    /// delete may come twice, and one watch's later delete before the other's earlier one.
     pub(crate) fn watch_deletes(&self, start: &[u8], end: &[u8]) -> Subscription {
         self.subscribe(Target {
             key: start.to_owned(),

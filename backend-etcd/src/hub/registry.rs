@@ -95,6 +95,8 @@ struct Watcher {
     watch_ids: Vec<i64>,
     /// The revision etcd reported when creating the first watch.
     first_created_at: Option<i64>,
+    /// Creates of this subscriber not answered yet.
+    creates_left: usize,
 }
 
 /// The subscribers of one stream and the requests it still has to send.
@@ -130,6 +132,7 @@ impl Registry {
                 streams,
                 watch_ids: Vec::new(),
                 first_created_at: None,
+                creates_left: creates,
             },
         );
     }
@@ -178,7 +181,11 @@ impl Registry {
                 // A range's watches (the first and a twin) each report every delete: each one
                 // alone is complete and in revision order from before the subscriber's read.
                 Some(watcher) if watcher.streams => {
-                    let _ = watcher.notices.send(Notice::Deletes(reply.deletes));
+                    // Before `Created` (the twin not answered yet) a delete is older than the
+                    // read the subscriber makes after it: nothing to tell.
+                    if watcher.creates_left == 0 {
+                        let _ = watcher.notices.send(Notice::Deletes(reply.deletes));
+                    }
                 }
                 _ => self.end(id, Notice::Deleted),
             }
@@ -202,6 +209,21 @@ impl Registry {
             self.end(id, Notice::Reread);
             return true;
         }
+        watcher.creates_left = watcher.creates_left.saturating_sub(1);
+        let first = watcher.first_created_at.is_none();
+        // A key's subscriber reads once the first watch exists, and takes the first delete
+        // of either. A range's subscriber reads once, then goes by the deletes of both
+        // watches, each taken as complete from that read on: so it hears `Created` only once
+        // the twin exists too. A twin created after its read would miss the deletes between,
+        // and its later events could then overtake a first watch left behind the store.
+        let announce = if watcher.streams {
+            watcher.creates_left == 0
+        } else {
+            first
+        };
+        if announce {
+            let _ = watcher.notices.send(Notice::Created);
+        }
         match watcher.first_created_at {
             // The twin of a watch that is known to be synced (see the hub's docs).
             Some(first) if first == reply.revision => self.cancel_watches(&[reply.watch_id]),
@@ -213,7 +235,6 @@ impl Registry {
                 watcher.first_created_at = Some(reply.revision);
                 watcher.watch_ids.push(reply.watch_id);
                 self.by_watch_id.insert(reply.watch_id, id);
-                let _ = watcher.notices.send(Notice::Created);
             }
         }
         false
@@ -315,6 +336,8 @@ mod tests {
             [Request::Create(target.clone()), Request::Create(target)]
         );
         registry.reply(created(7, 10));
+        // Not before the twin exists: the subscriber's read must come after both.
+        assert!(heard.try_recv().is_err());
         registry.reply(created(8, 11));
         assert_eq!(heard.try_recv(), Ok(Notice::Created));
         let deletes = |watch_id, revision| Reply {
@@ -342,6 +365,35 @@ mod tests {
             ]
         );
         assert!(registry.is_idle());
+    }
+
+    /// Issue 11 review: a range whose twin turns out synced hears `Created` once the twin's
+    /// answer is in (and the twin is cancelled).
+    #[test]
+    fn a_range_hears_created_once_its_twin_is_answered() {
+        let mut registry = Registry::default();
+        let (notices, mut heard) = mpsc::unbounded_channel();
+        let target = Target {
+            key: b"q/a".to_vec(),
+            range_end: b"q/z".to_vec(),
+            from: 0,
+        };
+        registry.subscribe(1, target, notices);
+        drain(&mut registry);
+        registry.reply(created(7, 10));
+        // A delete on the first watch before the twin's answer predates the subscriber's read.
+        registry.reply(Reply {
+            watch_id: 7,
+            deletes: vec![Deletion {
+                key: b"q/b".to_vec(),
+                revision: 10,
+            }],
+            ..Reply::default()
+        });
+        assert!(heard.try_recv().is_err());
+        registry.reply(created(8, 10));
+        assert_eq!(heard.try_recv(), Ok(Notice::Created));
+        assert_eq!(drain(&mut registry), [Request::Cancel { watch_id: 8 }]);
     }
 
     /// Issue 10, finding 10: the first watch ends (compaction, cancel) while its twin's create
