@@ -429,3 +429,44 @@ async fn an_etcdctl_waiter_between_ours_is_waited_for() {
         guard.unlock().await.unwrap();
     }
 }
+
+/// Attack: a 3-member cluster whose endpoint list starts with a follower (the watch stream
+/// goes through it), stopped for 2 s while 4 sessions contend: the hub resets the stream,
+/// waiters read again through the other members, and tracking goes on from a new stream
+/// through another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_while_waiters_track_never_holds_twice() {
+    use locksmith_etcd::testing::EtcdCluster;
+    use locksmith_etcd::EtcdConfig;
+    let cluster = EtcdCluster::start(3).unwrap();
+    let leader = cluster.leader_index().await.unwrap();
+    let follower = (leader + 1) % 3;
+    let mut endpoints = cluster.endpoints();
+    endpoints.rotate_left(follower);
+    let config = EtcdConfig {
+        ttl_secs: 6,
+        namespace: common::fresh_namespace(),
+        ..EtcdConfig::new(endpoints)
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(within("connect", EtcdLock::connect(&config)).await.unwrap());
+    }
+    let exclusion = Arc::new(Exclusion::default());
+    let contenders = {
+        let (sessions, exclusion) = (sessions.clone(), Arc::clone(&exclusion));
+        tokio::spawn(async move { contend(&sessions, "member", 40, 0, &exclusion).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.signal_member(follower, "-STOP").unwrap();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    cluster.signal_member(follower, "-CONT").unwrap();
+    let during = exclusion.tokens.lock().len();
+    assert!(during < 4 * 40, "the run ended before the member came back");
+    tokio::time::timeout(Duration::from_secs(60), contenders)
+        .await
+        .expect("the contenders finished")
+        .unwrap();
+    exclusion.check();
+    assert_eq!(exclusion.tokens.lock().len(), 4 * 40);
+}
