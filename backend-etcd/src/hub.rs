@@ -2,7 +2,8 @@
 //!
 //! A task owns the stream. Subscribers ask it to watch one key from a revision and hear back
 //! once: created, then deleted, or "read again" when the watch could not go on (compaction,
-//! a broken, stalled or refused stream). Dropping a subscription cancels its watch.
+//! a broken, stalled or refused stream). A subscriber to a range of keys hears every delete
+//! in it until it leaves or is told to read again. Dropping a subscription cancels its watch.
 //!
 //! # Reading never waits for sending
 //! Creates, cancels and progress requests go to a sender task of their own, through an

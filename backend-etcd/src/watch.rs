@@ -162,6 +162,11 @@ pub(crate) fn is_direct_child(prefix: &[u8], key: &[u8]) -> bool {
 /// it; the events after that read tell the rest. The range may hold other keys (younger
 /// waiters, nested lock names): their deletes are ignored.
 ///
+/// The hub may keep a twin of the watch (see `hub.rs`), and the two deliver interleaved.
+/// Both exist before the read, so each alone is complete after it and in order: whichever
+/// delivers the delete that removes an older key has delivered an earlier delete of our own
+/// key before it. Taking keys off `left` from either watch is therefore safe.
+///
 /// # Errors
 /// The etcd error of that read.
 pub(crate) async fn all_gone(

@@ -470,3 +470,38 @@ async fn a_follower_stopped_while_waiters_track_never_holds_twice() {
     exclusion.check();
     assert_eq!(exclusion.tokens.lock().len(), 4 * 40);
 }
+
+/// Attack (etcd issue 9921): the waiter's keepalives stop reaching etcd, its lease expires
+/// while it tracks the holder (its key goes with it), then the holder releases. The waiter,
+/// which still hears the stream's events, must fail, never own the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_lease_expires_while_tracking_never_acquires() {
+    use locksmith_etcd::testing::TcpProxy;
+    let etcd = Etcd::with_ttl(2);
+    let holder = etcd.session().await;
+    let proxy = TcpProxy::start(&etcd.server.endpoint()).await.unwrap();
+    let through_proxy = locksmith_etcd::EtcdConfig {
+        endpoints: vec![proxy.endpoint()],
+        ..etcd.config.clone()
+    };
+    let waiter_session = within("connect", EtcdLock::connect(&through_proxy))
+        .await
+        .unwrap();
+    let held = holder.lock("expiry").await.unwrap();
+    let waiter = etcd.queued_waiter(&waiter_session, "expiry").await;
+    watches_settle(&etcd, 2.0).await;
+    proxy.swallow_requests(true);
+    // The lease expires on etcd: only the holder's key is left.
+    within("the waiter's key to expire", async {
+        while etcd.keys("expiry").await.len() > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    held.unlock().await.unwrap();
+    match within("the waiter to fail", waiter).await.unwrap() {
+        Err(err) => println!("the waiter failed: {err}"),
+        Ok(_) => panic!("a waiter acquired after its lease expired"),
+    }
+    assert!(etcd.keys("expiry").await.is_empty());
+}
