@@ -505,3 +505,74 @@ async fn a_waiter_whose_lease_expires_while_tracking_never_acquires() {
     }
     assert!(etcd.keys("expiry").await.is_empty());
 }
+
+/// Attack: Go clients (`etcdctl lock`, Go's `concurrency.Mutex`) and ours contend on one
+/// name, with waiters near and far. Exclusion is checked across processes: every holder
+/// creates one directory while it holds and removes it before it releases; creating it fails
+/// if another holder still has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_and_rust_contenders_never_hold_at_once() {
+    const OURS: usize = 4;
+    const ROUNDS: usize = 15;
+    const GO_RUNS: usize = 12;
+    let etcd = Etcd::new();
+    let name = "mixed";
+    let full_name = format!("{}{name}", etcd.config.namespace);
+    let marker = std::env::temp_dir().join(format!(
+        "locksmith-mixed-{}-{}",
+        std::process::id(),
+        etcd.config.namespace.trim_end_matches('/')
+    ));
+    let _ = std::fs::remove_dir(&marker);
+    let mut tasks = Vec::new();
+    for session in sessions(&etcd, OURS).await {
+        let marker = marker.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                let guard = session.lock(name).await.unwrap();
+                std::fs::create_dir(&marker).expect("a Go or Rust holder still holds");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                std::fs::remove_dir(&marker).unwrap();
+                guard.unlock().await.unwrap();
+            }
+        }));
+    }
+    let log = marker.with_extension("log");
+    let script = format!(
+        "mkdir '{0}' || exit 3; echo held >> '{1}'; sleep 0.005; rmdir '{0}'",
+        marker.display(),
+        log.display()
+    );
+    let endpoint = etcd.server.endpoint();
+    let go = tokio::spawn(async move {
+        let mut runs = Vec::new();
+        for _ in 0..GO_RUNS {
+            runs.push(
+                tokio::process::Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", &endpoint, "lock", &full_name])
+                    .args(["--", "sh", "-c", &script])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("etcdctl"),
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for mut run in runs {
+            let status = run.wait().await.unwrap();
+            assert!(status.success(), "etcdctl: {status}");
+        }
+    });
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("our contenders finished")
+            .unwrap();
+    }
+    within("the Go contenders", go).await.unwrap();
+    assert!(!marker.exists());
+    let go_holds = std::fs::read_to_string(&log).unwrap().lines().count();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(go_holds, GO_RUNS);
+    no_keys_left(&etcd, name).await;
+}
