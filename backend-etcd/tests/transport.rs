@@ -314,3 +314,105 @@ async fn a_watch_stream_carries_every_request() {
         .await
         .expect("the second watch never delivered its event");
 }
+
+/// TLS still wraps the connections (tonic layers it over the transport's TCP streams), with
+/// the locks working through it and each unary call still one HEADERS + DATA(END_STREAM).
+/// The certificates come from the `openssl` command; etcd serves https on a port of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_work_over_tls() {
+    use locksmith_etcd::EtcdTls;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| dir.path().join(name);
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    openssl(
+        dir.path(),
+        &format!("req -x509 {ec} -keyout ca.key -out ca.pem -days 1 -subj /CN=locksmith-test-CA"),
+    );
+    openssl(
+        dir.path(),
+        &format!("req {ec} -keyout server.key -out server.csr -subj /CN=127.0.0.1"),
+    );
+    std::fs::write(
+        path("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .expect("write server.ext");
+    openssl(
+        dir.path(),
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile server.ext",
+    );
+
+    let port = |listener: std::net::TcpListener| listener.local_addr().expect("port").port();
+    let client_port = port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let peer_port = port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut etcd = std::process::Command::new("etcd")
+        .args(["--name", "tls", "--data-dir"])
+        .arg(path("data"))
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("tls={peer_url}")])
+        .args(["--cert-file", "server.pem", "--key-file", "server.key"])
+        .args(["--log-level", "error"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    let proxy = RecordingProxy::start(format!("127.0.0.1:{client_port}")).await;
+    let config = EtcdConfig {
+        connect_timeout_ms: 1_000,
+        tls: Some(EtcdTls {
+            ca: Some(path("ca.pem")),
+            ..EtcdTls::default()
+        }),
+        ..EtcdConfig::new([format!("https://{}", proxy.endpoint)])
+    };
+    // etcd answers once it is up; until then connecting fails and is tried again.
+    let session = tokio::time::timeout(GUARD, async {
+        loop {
+            match EtcdLock::connect(&config).await {
+                Ok(session) => return session,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("no TLS session within the guard");
+    for _ in 0..20 {
+        let guard = session.lock("tls").await.expect("lock over TLS");
+        guard.unlock().await.expect("unlock over TLS");
+    }
+    drop(session);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    // The proxy saw ciphertext only: no HTTP/2 preface in the clear.
+    let clear = proxy
+        .connections
+        .lock()
+        .iter()
+        .any(|recorded| recorded.lock().bytes.starts_with(PREFACE));
+    assert!(!clear, "a connection went out in the clear");
+}
+
+/// Runs the `openssl` command with `args` (split at spaces) in `dir`.
+fn openssl(dir: &std::path::Path, args: &str) {
+    let status = std::process::Command::new("openssl")
+        .args(args.split(' '))
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the openssl command (apt-get install openssl) makes the test certificates");
+    assert!(status.success(), "openssl {args} failed");
+}
