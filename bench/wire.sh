@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# What the etcd clients write on the wire: captures client → etcd on loopback during a short
-# uncontended run of examples/etcd_bench.rs (locksmith, then v3lock through etcd-client's own
-# connect) against a fresh single-node etcd, and prints TCP segments and HTTP/2 frames per
-# lock+unlock. Needs root for tcpdump (installed with apt-get when missing).
+# What locksmith's etcd client writes on the wire: captures client → etcd on loopback during a
+# short run of examples/etcd_bench.rs (locksmith, then v3lock: etcd's lock API called through
+# the same session client) against a fresh single-node etcd, and prints TCP segments and
+# HTTP/2 frames per lock+unlock, and which frames each segment starts. Needs root for tcpdump
+# (installed with apt-get when missing).
 #
 #   bash bench/wire.sh [SECONDS] [MODE...]     (default 3 s; modes default to "uncontended")
+#
+# ETCD_BENCH=path/to/etcd_bench runs that binary instead of building this checkout's (to
+# compare with a build of another commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-3}"
@@ -12,8 +16,11 @@ shift || true
 modes=("${@:-uncontended}")
 command -v tcpdump >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
 command -v etcd >/dev/null 2>&1 || bash scripts/install-deps.sh
-cargo build --release -q -p locksmith --example etcd_bench
-bench=target/release/examples/etcd_bench
+bench="${ETCD_BENCH:-}"
+if [ -z "$bench" ]; then
+  cargo build --release -q -p locksmith --example etcd_bench
+  bench=target/release/examples/etcd_bench
+fi
 
 data="$(mktemp -d)"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
