@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -73,7 +73,7 @@ impl BalancedChannelBuilder for Transport {
     }
 }
 
-/// The connection state of one endpoint, as its connector and stream saw it last.
+/// How one endpoint's connection stands, as its connector and streams saw it last.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[repr(u8)]
 enum Link {
@@ -87,22 +87,39 @@ enum Link {
     Failed = 3,
 }
 
-/// [`Link`] shared by an endpoint's connector, its streams and [`Members`].
+/// [`Link`] shared by an endpoint's connector, its streams and [`Members`]: up while a
+/// stream of it is open and unbroken, else how the last connection attempt went.
 #[derive(Default)]
-struct LinkState(AtomicU8);
+struct LinkState {
+    /// Streams open and unbroken (a reconnect can overlap the old stream's end).
+    open: AtomicUsize,
+    /// [`Link::Idle`], [`Link::Connecting`] or [`Link::Failed`].
+    attempt: AtomicU8,
+}
 
 impl LinkState {
     fn get(&self) -> Link {
-        match self.0.load(Ordering::Relaxed) {
-            0 => Link::Up,
+        if self.open.load(Ordering::Relaxed) > 0 {
+            return Link::Up;
+        }
+        match self.attempt.load(Ordering::Relaxed) {
             2 => Link::Connecting,
             3 => Link::Failed,
             _ => Link::Idle,
         }
     }
 
-    fn set(&self, link: Link) {
-        self.0.store(link as u8, Ordering::Relaxed);
+    fn attempt(&self, link: Link) {
+        self.attempt.store(link as u8, Ordering::Relaxed);
+    }
+
+    fn stream_opened(&self) {
+        self.attempt(Link::Idle);
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stream_closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -126,7 +143,7 @@ impl MemberList {
         match change {
             Change::Insert(uri, endpoint) => {
                 self.members.retain(|member| member.uri != uri);
-                let link = Arc::new(LinkState(AtomicU8::new(Link::Idle as u8)));
+                let link = Arc::new(LinkState::default());
                 let connector = BurstConnector {
                     link: Arc::clone(&link),
                 };
@@ -138,7 +155,7 @@ impl MemberList {
     }
 
     /// The channel of the best member: connected first, then idle, connecting, failed; in
-    /// turn among equals. `None` (waker registered) while no endpoint has arrived yet.
+    /// turn among equals. Pending (waker registered) while no endpoint has arrived yet.
     fn choose(
         &mut self,
         cx: &mut Context<'_>,
@@ -158,25 +175,21 @@ impl MemberList {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        let count = self.members.len();
-        let best = self
-            .members
-            .iter()
-            .map(|member| member.link.get())
-            .min()
-            .unwrap_or(Link::Idle);
-        let start = self.next;
-        for step in 0..count {
-            let index = (start + step) % count;
-            if self.members[index].link.get() == best {
-                self.next = index + 1;
-                return Poll::Ready(Ok(self.members[index].channel.clone()));
-            }
-        }
-        // The links changed while we looked: any member will do.
-        self.next = start + 1;
-        Poll::Ready(Ok(self.members[start % count].channel.clone()))
+        let links: Vec<Link> = self.members.iter().map(|m| m.link.get()).collect();
+        let index = pick(&links, self.next);
+        self.next = index + 1;
+        Poll::Ready(Ok(self.members[index].channel.clone()))
     }
+}
+
+/// The member to call among `links` (not empty): the best link (up, then idle, connecting,
+/// failed), the first such at or after `next`, round robin.
+fn pick(links: &[Link], next: usize) -> usize {
+    let best = links.iter().min().copied().unwrap_or(Link::Idle);
+    (0..links.len())
+        .map(|step| (next + step) % links.len())
+        .find(|&index| links[index] == best)
+        .unwrap_or(0)
 }
 
 /// The service etcd-client calls: picks a member per call and wraps the request body in
@@ -322,13 +335,13 @@ impl Service<Uri> for BurstConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let link = Arc::clone(&self.link);
         Box::pin(async move {
-            link.set(Link::Connecting);
+            link.attempt(Link::Connecting);
             // Set back to failed unless the attempt gets through (also when the connect
             // timeout drops this future).
             let mut attempt = Attempt(Some(Arc::clone(&link)));
             let stream = open_tcp(&uri).await?;
             attempt.0 = None;
-            link.set(Link::Up);
+            link.stream_opened();
             Ok(TokioIo::new(BurstStream::new(stream, link)))
         })
     }
@@ -340,7 +353,7 @@ struct Attempt(Option<Arc<LinkState>>);
 impl Drop for Attempt {
     fn drop(&mut self) {
         if let Some(link) = &self.0 {
-            link.set(Link::Failed);
+            link.attempt(Link::Failed);
         }
     }
 }
@@ -379,6 +392,8 @@ struct BurstStream {
     /// The current flush has yielded once already.
     yielded: bool,
     link: Arc<LinkState>,
+    /// Still counted among its endpoint's open streams.
+    counted: bool,
 }
 
 impl BurstStream {
@@ -389,6 +404,7 @@ impl BurstStream {
             written: 0,
             yielded: false,
             link,
+            counted: true,
         }
     }
 
@@ -399,7 +415,7 @@ impl BurstStream {
                 match Pin::new(&mut self.stream).poll_write(cx, &self.pending[self.written..]) {
                     Poll::Ready(Ok(wrote)) => wrote,
                     Poll::Ready(Err(err)) => {
-                        self.link.set(Link::Idle);
+                        self.close_link();
                         return Poll::Ready(Err(err));
                     }
                     Poll::Pending => return Poll::Pending,
@@ -415,6 +431,13 @@ impl BurstStream {
         Poll::Ready(Ok(()))
     }
 
+    /// Counts this stream out of its endpoint's open ones, once.
+    fn close_link(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.link.stream_closed();
+        }
+    }
+
     /// Makes room for more bytes: writes through once `BURST_LIMIT` is reached.
     fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.pending.len() >= BURST_LIMIT {
@@ -426,7 +449,7 @@ impl BurstStream {
 
 impl Drop for BurstStream {
     fn drop(&mut self) {
-        self.link.set(Link::Idle);
+        self.close_link();
     }
 }
 
@@ -498,5 +521,25 @@ impl AsyncWrite for BurstStream {
             return Poll::Ready(Err(err));
         }
         Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pick, Link};
+
+    #[test]
+    fn calls_go_to_connected_members_in_turn() {
+        let links = [Link::Failed, Link::Up, Link::Idle, Link::Up];
+        assert_eq!(pick(&links, 0), 1);
+        assert_eq!(pick(&links, 2), 3);
+        assert_eq!(pick(&links, 4), 1);
+    }
+
+    #[test]
+    fn without_a_connected_member_idle_ones_go_before_connecting_and_failed_ones() {
+        assert_eq!(pick(&[Link::Failed, Link::Connecting, Link::Idle], 0), 2);
+        assert_eq!(pick(&[Link::Failed, Link::Connecting], 0), 1);
+        assert_eq!(pick(&[Link::Failed, Link::Failed], 1), 1);
     }
 }
