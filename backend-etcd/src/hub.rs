@@ -254,7 +254,7 @@ impl Endpoints {
                     }
                     // Connecting authenticates: the token is fresh.
                     (None, Some(url), Some(options)) => {
-                        Client::connect([url], Some(options)).await?
+                        crate::transport::connect([url], Some(options)).await?
                     }
                     (None, _, _) => session,
                 };
@@ -355,7 +355,7 @@ async fn health_check(
         let probe = async {
             let mut probed = match client.take() {
                 Some(known) => known,
-                None => Client::connect([url.as_str()], options.clone()).await?,
+                None => crate::transport::connect([url.as_str()], options.clone()).await?,
             };
             let status = probed.status().await;
             client = Some(probed);

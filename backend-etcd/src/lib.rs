@@ -60,6 +60,7 @@ mod mutex;
 mod retry;
 mod session;
 mod sweep;
+mod transport;
 mod watch;
 
 #[cfg(feature = "testing")]

@@ -69,7 +69,7 @@ impl Session {
         let ttl = config.ttl();
         let timeout = config.connect_timeout();
         let grant = async {
-            let mut client = Client::connect(&urls, Some(options.clone()))
+            let mut client = crate::transport::connect(&urls, Some(options.clone()))
                 .await
                 .map_err(|err| from_etcd(err, &endpoints, "connect"))?;
             let asked_at = Instant::now();
@@ -352,7 +352,8 @@ impl KeepAlive {
                     .get(self.current)
                     .cloned()
                     .unwrap_or_default();
-                let client = Client::connect([endpoint], Some(self.options.clone())).await?;
+                let client =
+                    crate::transport::connect([endpoint], Some(self.options.clone())).await?;
                 self.client = Some(client.clone());
                 client
             }
