@@ -121,10 +121,12 @@ ordered_endpoints() { # leader|follower LEADER
 }
 
 run() { # SETUP ENDPOINTS MODE CLIENTS
-  local setup="$1" url="etcd://$2/" mode="$3" clients="$4"
-  "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl locksmith --setup "$setup" | emit
+  local setup="$1" url="etcd://$2/" mode="$3" clients="$4" probe=()
+  # Contended runs also sample the floor under their own load (loaded_floor_p50_us).
+  [ "$mode" != contended ] || probe=(--probe-floor)
+  "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl locksmith --setup "$setup" "${probe[@]}" | emit
   if [ "$mode" != floor ]; then
-    "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl v3lock --setup "$setup" | emit
+    "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl v3lock --setup "$setup" "${probe[@]}" | emit
     [ -z "$go_bench" ] || "$go_bench" -endpoints "$url" -mode "$mode" -clients "$clients" -duration "$secs" -setup "$setup" | emit
   fi
 }

@@ -18,7 +18,9 @@
 //! field names `bench/go` prints too, and what `bench/chart` draws). Contended runs also give
 //! `release_p50_us` and `release_us`: how long the holders' unlock calls took, i.e. the delete's
 //! round trip on etcd under this very load, which a handoff cannot beat by much (etcd sends
-//! the delete's watch event and its reply as it applies it). `--setup TEXT` adds
+//! the delete's watch event and its reply as it applies it). With `--probe-floor`, contended
+//! runs also sample the floor while the clients contend (`loaded_floor_p50_us`,
+//! `loaded_floor_us`). `--setup TEXT` adds
 //! `"setup": TEXT`, which `bench/run.sh` uses to say what etcd the run measured.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,6 +53,11 @@ struct Args {
     /// What etcd this run measures (e.g. `3 members, follower first`), copied to the report.
     #[arg(long)]
     setup: Option<String>,
+    /// Contended mode: also sample the floor while the clients contend, one delete → event
+    /// every 10 ms on a key of its own (`loaded_floor_p50_us`, `loaded_floor_us`): what a
+    /// delete's event costs on etcd under this very load.
+    #[arg(long)]
+    probe_floor: bool,
 }
 
 /// The session settings `--endpoints` names.
@@ -121,6 +128,11 @@ struct Report {
     release_p50_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     release_us: Option<Distribution>,
+    /// `--probe-floor` only: delete → event under the run's load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loaded_floor_p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loaded_floor_us: Option<Distribution>,
     /// `--setup`, as given.
     #[serde(skip_serializing_if = "Option::is_none")]
     setup: Option<String>,
@@ -326,10 +338,23 @@ async fn run_locks(args: &Args, config: &EtcdConfig) -> Result<LockRun, LockErro
 }
 
 async fn run_floor(args: &Args, config: &EtcdConfig) -> Result<Vec<Duration>, LockError> {
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    floor_samples(config, deadline, None).await
+}
+
+/// Delete → watch event of a waiter that watches the key from the revision after its put, until
+/// `deadline`: back to back, or with `pause` between samples (a probe beside other clients,
+/// which then watches from the store's current revision instead: with other writes going on, a
+/// watch from an earlier revision starts behind the store and waits for etcd's 100 ms catch-up
+/// loop).
+async fn floor_samples(
+    config: &EtcdConfig,
+    deadline: Instant,
+    pause: Option<Duration>,
+) -> Result<Vec<Duration>, LockError> {
     let session = EtcdLock::connect(config).await?;
     let mut client = session.client();
     let key = format!("{}bench-floor/{}", config.namespace, std::process::id());
-    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let mut latencies = Vec::new();
     let failed = |err| LockError::Backend {
         backend: "etcd",
@@ -338,7 +363,10 @@ async fn run_floor(args: &Args, config: &EtcdConfig) -> Result<Vec<Duration>, Lo
     };
     while Instant::now() < deadline {
         let put = client.put(key.as_str(), "", None).await.map_err(failed)?;
-        let next = put.header().map_or(0, |h| h.revision()) + 1;
+        let next = match pause {
+            Some(_) => 0,
+            None => put.header().map_or(0, |h| h.revision()) + 1,
+        };
         let options = WatchOptions::new().with_start_revision(next);
         let mut stream = client
             .watch(key.as_str(), Some(options))
@@ -359,6 +387,9 @@ async fn run_floor(args: &Args, config: &EtcdConfig) -> Result<Vec<Duration>, Lo
                 break;
             }
         }
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
     }
     Ok(latencies)
 }
@@ -376,10 +407,24 @@ async fn main() -> Result<(), LockError> {
     let args = Args::parse();
     let config = etcd_config(&args.endpoints)?;
     let started = Instant::now();
+    let probe = (args.probe_floor && args.mode == Mode::Contended).then(|| {
+        let deadline = started + Duration::from_secs_f64(args.duration);
+        let config = config.clone();
+        tokio::spawn(async move {
+            floor_samples(&config, deadline, Some(Duration::from_millis(10))).await
+        })
+    });
     let (mut latencies, violations, mut handoffs, mut releases) = match args.mode {
         Mode::Floor => (run_floor(&args, &config).await?, 0, Vec::new(), Vec::new()),
         _ => run_locks(&args, &config).await?,
     };
+    let mut loaded_floor = match probe {
+        Some(probe) => probe
+            .await
+            .map_err(|err| LockError::config_with("the floor probe failed", err))??,
+        None => Vec::new(),
+    };
+    loaded_floor.sort();
     if args.mode != Mode::Contended {
         releases.clear();
     }
@@ -407,6 +452,9 @@ async fn main() -> Result<(), LockError> {
         handoff_us: (!handoffs.is_empty()).then(|| Distribution::of(&handoffs)),
         release_p50_us: (!releases.is_empty()).then(|| percentile(&releases, 0.50).round()),
         release_us: (!releases.is_empty()).then(|| Distribution::of(&releases)),
+        loaded_floor_p50_us: (!loaded_floor.is_empty())
+            .then(|| percentile(&loaded_floor, 0.50).round()),
+        loaded_floor_us: (!loaded_floor.is_empty()).then(|| Distribution::of(&loaded_floor)),
         setup: args.setup.clone(),
     };
     match serde_json::to_string(&report) {

@@ -118,7 +118,7 @@ fn etcd_bench_reads_etcd_urls_and_prints_distributions() {
         let mut cmd = example("etcd_bench");
         cmd.args(["--endpoints", &url, "--mode", "contended", "--clients", "3"]);
         cmd.args(["--duration", "0.5", "--impl", implementation]);
-        cmd.args(["--setup", "1 member"]);
+        cmd.args(["--setup", "1 member", "--probe-floor"]);
         let output = run(cmd);
         let report: serde_json::Value = serde_json::from_str(output.trim()).unwrap();
         assert_eq!(report["impl"], implementation, "{output}");
@@ -134,6 +134,20 @@ fn etcd_bench_reads_etcd_urls_and_prints_distributions() {
             .map(|key| handoff[key].as_f64().unwrap())
             .collect();
         assert!(points.windows(2).all(|w| w[0] <= w[1]), "{output}");
+        // The holders' releases and the floor sampled under the run's load.
+        assert_eq!(
+            report["release_us"]["p50"], report["release_p50_us"],
+            "{output}"
+        );
+        assert!(report["release_us"]["n"].as_u64() > Some(0), "{output}");
+        assert_eq!(
+            report["loaded_floor_us"]["p50"], report["loaded_floor_p50_us"],
+            "{output}"
+        );
+        assert!(
+            report["loaded_floor_us"]["n"].as_u64() > Some(0),
+            "{output}"
+        );
     }
     let mut cmd = example("etcd_bench");
     cmd.args(["--endpoints", "memory://", "--duration", "0.1"]);
