@@ -31,7 +31,7 @@ const PAGE: i64 = 64;
 
 /// How many older keys a waiter tracks at most: the waiters this close to the head of the
 /// queue learn of their turn from the delete event alone.
-const TRACK: usize = 8;
+const TRACK: usize = 3;
 
 /// Where this session's key for one lock name lives.
 #[derive(Clone)]

@@ -180,7 +180,7 @@ async fn sessions(etcd: &Etcd, count: usize) -> Vec<EtcdLock> {
 
 /// Attack: a released holder re-queues at once, so its key is deleted and created again under
 /// the same name while waiters track it. 4 sessions keep every waiter near the head (tracking
-/// every older key); 13 put some far back (watching one key nine places ahead).
+/// every older key); 13 put some far back (watching one key four places ahead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_requeueing_at_once_never_hold_twice() {
     let etcd = Etcd::new();

@@ -309,13 +309,13 @@ async fn a_waiter_whose_key_is_deleted_fails_at_once() {
     held.unlock().await.unwrap();
 }
 
-/// Issue 11: a waiter far back watches one key nine places ahead, and once that key goes it
-/// tracks the eight it knows are left. When that key went out of turn (withdrawn while the
-/// holder still holds) and then the eight withdraw too, the waiter must find the holder still
+/// Issue 11: a waiter far back watches one key four places ahead, and once that key goes it
+/// tracks the three it knows are left. When that key went out of turn (withdrawn while the
+/// holder still holds) and then the three withdraw too, the waiter must find the holder still
 /// there, never take the lock beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_far_back_never_overtakes_when_keys_ahead_withdraw() {
-    const AHEAD: usize = 9;
+    const AHEAD: usize = 4;
     let etcd = Etcd::new();
     let holder = etcd.session().await;
     let held = holder.lock("far").await.unwrap();
@@ -332,7 +332,7 @@ async fn a_waiter_far_back_never_overtakes_when_keys_ahead_withdraw() {
     };
     etcd.wait_queued("far", AHEAD + 2).await;
     watches_settle(&etcd, (AHEAD + 2) as f64).await;
-    // The key the last waiter watches withdraws first; it then tracks the other eight.
+    // The key the last waiter watches withdraws first; it then tracks the other three.
     let mut ahead = ahead.into_iter();
     if let Some(first) = ahead.next() {
         first.abort();

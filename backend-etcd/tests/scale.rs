@@ -137,6 +137,6 @@ async fn each_release_of_a_long_queue_reaches_few_waiters() {
     let per_release = events / (SESSIONS + 1) as f64;
     println!("{per_release:.1} watch events per release for {SESSIONS} waiters");
     assert_eq!(*order.lock(), (0..SESSIONS).collect::<Vec<_>>());
-    // 8 trackers and one waiter further back per release, and a few twins.
+    // 3 trackers and one waiter further back per release, and a few twins.
     assert!(per_release <= 14.0, "{per_release:.1} events per release");
 }
