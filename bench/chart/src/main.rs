@@ -31,6 +31,9 @@ struct Run {
     setup: Option<String>,
     #[serde(default)]
     handoff_us: Option<Distribution>,
+    /// `--probe-floor`: delete → event sampled while this run's clients contended.
+    #[serde(default)]
+    loaded_floor_p50_us: Option<f64>,
 }
 
 /// A latency distribution in µs, as the bench programs print it.
@@ -135,8 +138,16 @@ impl Chart<'_> {
             .iter()
             .flat_map(|(_, curve)| curve.iter().map(|p| p.0));
         let floor_ms = self.floor_us.map(|us| us / 1000.0);
+        // The floor under locksmith's own load, sampled during its run.
+        let loaded_ms = self
+            .runs
+            .iter()
+            .find(|run| run.implementation == "locksmith")
+            .and_then(|run| run.loaded_floor_p50_us)
+            .map(|us| us / 1000.0);
         let (lo, hi) = all
             .chain(floor_ms)
+            .chain(loaded_ms)
             .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
         // Whole decades, so that the log axis is labelled 0.1, 1, 10, 100 ms (the lower end a
         // hair below, or rounding in plotters' log axis leaves its label out).
@@ -147,7 +158,7 @@ impl Chart<'_> {
 
         // (label, line style, dashed)
         let mut legend: Vec<(String, ShapeStyle, bool)> = Vec::new();
-        let root = SVGBackend::new(path, (760, 540)).into_drawing_area();
+        let root = SVGBackend::new(path, (760, 562)).into_drawing_area();
         root.fill(&WHITE)?;
         let (plot_area, legend_area) = root.split_vertically(440);
         let title = format!(
@@ -181,6 +192,20 @@ impl Chart<'_> {
             let label = format!(
                 "floor p50 {} (delete → watch event, same setup)",
                 format_us(floor * 1000.0)
+            );
+            legend.push((label, style, true));
+        }
+        if let (Some(loaded), Some((_, colour))) = (loaded_ms, IMPLS.first()) {
+            let style = colour.mix(0.8).stroke_width(1);
+            chart.draw_series(DashedLineSeries::new(
+                [(loaded, 0.0), (loaded, 100.0)],
+                3,
+                3,
+                style,
+            ))?;
+            let label = format!(
+                "floor p50 {} under locksmith's load (delete → event, sampled during its run)",
+                format_us(loaded * 1000.0)
             );
             legend.push((label, style, true));
         }
