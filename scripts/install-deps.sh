@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need on a fresh Debian machine:
 # protoc and the well-known protos (etcd-client builds its gRPC code at build time)
-# and the etcd server and etcdctl (integration tests start a real etcd on loopback).
+# and the etcd server and etcdctl (integration tests start a real etcd on loopback), and the
+# openssl command (the TLS test makes its certificates with it).
 # Does nothing when everything is already there.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -27,23 +27,6 @@ fn ranges(etcd: &Etcd) -> f64 {
     etcd.server.metric("etcd_mvcc_range_total").unwrap()
 }
 
-/// Waits until etcd has `count` watchers (a waiter's watch exists), then a moment for the read
-/// that follows it.
-async fn watches_settle(etcd: &Etcd, count: f64) {
-    within("the watches to exist", async {
-        while etcd
-            .server
-            .metric("etcd_debugging_mvcc_watcher_total")
-            .unwrap_or(0.0)
-            < count
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
 /// Records who holds a name, across sessions: a second holder while the first has neither
 /// released nor been told of a loss is the bug we must never ship. Tokens must also rise in
 /// the order the holds begin.
@@ -221,7 +204,7 @@ async fn a_waiter_revoked_as_the_holder_releases_never_holds_a_dead_key() {
         let held = holder.lock("revoked").await.unwrap();
         let waiter_session = etcd.session().await;
         let waiter = etcd.queued_waiter(&waiter_session, "revoked").await;
-        watches_settle(&etcd, 2.0).await;
+        etcd.watches_settle(2.0).await;
         let lease = waiter_session.lease_id();
         if round % 2 == 0 {
             raw.lease_revoke(lease).await.unwrap();
@@ -267,7 +250,7 @@ async fn a_key_ahead_withdrawn_as_the_holder_releases() {
             tokio::spawn(async move { last.lock("ahead").await })
         };
         etcd.wait_queued("ahead", 3).await;
-        watches_settle(&etcd, 3.0).await;
+        etcd.watches_settle(3.0).await;
         let middle_key = format!("{}ahead/{:x}", etcd.config.namespace, middle.lease_id());
         match round % 3 {
             // An operator removes both in one transaction.
@@ -384,7 +367,7 @@ async fn a_stream_reset_while_tracking_never_holds_twice() {
             tokio::spawn(async move { contend(&sessions, "reset", 10, 0, &exclusion).await })
         };
         etcd.wait_queued("reset", 4).await;
-        watches_settle(&etcd, 4.0).await;
+        etcd.watches_settle(4.0).await;
         etcd.server.signal("-STOP").unwrap();
         // Past the probe (0.5 s of silence) and its deadline (1 s), well within the TTL.
         tokio::time::sleep(Duration::from_millis(2_000)).await;
@@ -495,7 +478,7 @@ async fn a_waiter_whose_lease_expires_while_tracking_never_acquires() {
         .unwrap();
     let held = holder.lock("expiry").await.unwrap();
     let waiter = etcd.queued_waiter(&waiter_session, "expiry").await;
-    watches_settle(&etcd, 2.0).await;
+    etcd.watches_settle(2.0).await;
     proxy.swallow_requests(true);
     // The lease expires on etcd: only the holder's key is left.
     within("the waiter's key to expire", async {

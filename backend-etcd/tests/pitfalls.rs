@@ -239,23 +239,6 @@ async fn deleted_key_is_lost_and_stale_unlock_spares_the_new_hold() {
     next.unlock().await.unwrap();
 }
 
-/// Waits until `count` watches exist on the server (a waiter's wait, a holder's loss watch),
-/// then a moment longer for the read that follows a waiter's watch.
-async fn watches_settle(etcd: &Etcd, count: f64) {
-    within("the watches to exist", async {
-        while etcd
-            .server
-            .metric("etcd_debugging_mvcc_watcher_total")
-            .unwrap_or(0.0)
-            < count
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
 /// Issue 11: a waiter learns of its turn from the delete event alone, with no read. An
 /// operator deleting the waiter's key and the holder's in one transaction must not make the
 /// waiter the owner: its key went at the very revision the lock came free.
@@ -266,7 +249,7 @@ async fn a_waiter_whose_key_goes_with_the_holders_never_acquires() {
     for round in 0..3 {
         let held = a.lock("both").await.unwrap();
         let waiter = etcd.queued_waiter(&b, "both").await;
-        watches_settle(&etcd, 2.0).await;
+        etcd.watches_settle(2.0).await;
         let waiting = format!("{}both/{:x}", etcd.config.namespace, b.lease_id());
         // The holder's key first: a waiter deciding event by event would own the lock first.
         let both = Txn::new().and_then([
@@ -298,7 +281,7 @@ async fn a_waiter_whose_key_is_deleted_fails_at_once() {
     let (a, b) = (etcd.session().await, etcd.session().await);
     let held = a.lock("gone").await.unwrap();
     let waiter = etcd.queued_waiter(&b, "gone").await;
-    watches_settle(&etcd, 2.0).await;
+    etcd.watches_settle(2.0).await;
     let waiting = format!("{}gone/{:x}", etcd.config.namespace, b.lease_id());
     etcd.raw().await.delete(waiting, None).await.unwrap();
     match within("the waiter to fail", waiter).await.unwrap() {
@@ -331,7 +314,7 @@ async fn a_waiter_far_back_never_overtakes_when_keys_ahead_withdraw() {
         tokio::spawn(async move { last.lock("far").await })
     };
     etcd.wait_queued("far", AHEAD + 2).await;
-    watches_settle(&etcd, (AHEAD + 2) as f64).await;
+    etcd.watches_settle((AHEAD + 2) as f64).await;
     // The key the last waiter watches withdraws first; it then tracks the other three.
     let mut ahead = ahead.into_iter();
     if let Some(first) = ahead.next() {

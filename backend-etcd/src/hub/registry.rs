@@ -285,6 +285,21 @@ mod tests {
         heard
     }
 
+    /// Subscribes `id` to the range `q/a`..`q/z` from now.
+    fn range_subscriber(
+        registry: &mut Registry,
+        id: u64,
+    ) -> (Target, mpsc::UnboundedReceiver<Notice>) {
+        let (notices, heard) = mpsc::unbounded_channel();
+        let target = Target {
+            key: b"q/a".to_vec(),
+            range_end: b"q/z".to_vec(),
+            from: 0,
+        };
+        registry.subscribe(id, target.clone(), notices);
+        (target, heard)
+    }
+
     fn created(watch_id: i64, revision: i64) -> Reply {
         Reply {
             watch_id,
@@ -324,13 +339,7 @@ mod tests {
     #[test]
     fn a_range_hears_every_delete_of_both_watches_until_it_leaves() {
         let mut registry = Registry::default();
-        let (notices, mut heard) = mpsc::unbounded_channel();
-        let target = Target {
-            key: b"q/a".to_vec(),
-            range_end: b"q/z".to_vec(),
-            from: 0,
-        };
-        registry.subscribe(1, target.clone(), notices);
+        let (target, mut heard) = range_subscriber(&mut registry, 1);
         assert_eq!(
             drain(&mut registry),
             [Request::Create(target.clone()), Request::Create(target)]
@@ -372,13 +381,7 @@ mod tests {
     #[test]
     fn a_range_hears_created_once_its_twin_is_answered() {
         let mut registry = Registry::default();
-        let (notices, mut heard) = mpsc::unbounded_channel();
-        let target = Target {
-            key: b"q/a".to_vec(),
-            range_end: b"q/z".to_vec(),
-            from: 0,
-        };
-        registry.subscribe(1, target, notices);
+        let (_, mut heard) = range_subscriber(&mut registry, 1);
         drain(&mut registry);
         registry.reply(created(7, 10));
         // A delete on the first watch before the twin's answer predates the subscriber's read.

@@ -71,6 +71,25 @@ impl Etcd {
         }
     }
 
+    /// Waits until etcd has `count` watchers (a waiter's wait, a holder's loss watch), then a
+    /// moment longer for the read that follows a waiter's watch (no signal tells it is done).
+    pub async fn watches_settle(&self, count: f64) {
+        let watching = async {
+            while self
+                .server
+                .metric("etcd_debugging_mvcc_watcher_total")
+                .unwrap_or(0.0)
+                < count
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(GUARD, watching).await.is_err() {
+            panic!("etcd never had {count} watchers");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     /// Spawns `session.lock(name)` and returns once it is queued behind one holder.
     pub async fn queued_waiter(
         &self,
