@@ -40,9 +40,12 @@
 //! the session lives (if it stays unreachable, the session expires and its keys go with it).
 //!
 //! # Handoff
-//! A waiter watches the next-older key for its delete from the revision after the one it read
-//! it at, which etcd delivers at once; Go watches from an already-passed revision and so waits
-//! for etcd's 100 ms catch-up loop on every contended handoff.
+//! A waiter near the head of the queue (up to 3 keys ahead of it) knows every older key from
+//! its queue transaction and watches their deletes and its own key's on one watch from the
+//! store's current revision: it owns the lock the moment the last older key's delete event
+//! arrives, with no read. A waiter further back watches one key 4 places ahead, so a release
+//! reaches at most 4 waiters. Go watches its predecessor from an already-passed revision and so
+//! waits for etcd's 100 ms catch-up loop on many contended handoffs, and reads after each.
 //!
 //! # Session
 //! One lease per [`EtcdLock`], kept alive at TTL/3 and revoked when the last handle is dropped

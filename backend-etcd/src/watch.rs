@@ -16,7 +16,8 @@ pub(crate) enum Watched {
 }
 
 /// Waits until the queue key `key`, created at `create_revision`, is gone: the wait of a
-/// waiter on its predecessor, which should end as soon as etcd can tell.
+/// waiter far back in the queue on the key it watches, which should end as soon as etcd can
+/// tell.
 ///
 /// The watch starts at the store's current revision, never at one read earlier: by the time
 /// the watch is created other clients' writes may have moved the store past any revision read

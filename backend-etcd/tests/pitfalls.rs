@@ -17,8 +17,8 @@ async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     }
 }
 
-/// Watching the predecessor from the next revision delivers its delete at once, where Go's
-/// already-passed revision waits for etcd's 100 ms sync loop.
+/// Watching the older keys from the store's current revision delivers their deletes at once,
+/// where Go's already-passed revision waits for etcd's 100 ms sync loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contended_handoff_is_fast() {
     let etcd = Etcd::new();
