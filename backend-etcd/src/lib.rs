@@ -51,7 +51,7 @@
 //! One lease per [`EtcdLock`], kept alive at TTL/3 and revoked when the last handle is dropped
 //! or on [`close`](locksmith_api::DistributedLock::close). If no keepalive gets through before
 //! the lease's deadline (a partition, a paused process) the session ends: guards report loss,
-//! waiters fail with [`LockError::SessionLost`](locksmith_api::LockError::SessionLost), and a
+//! waiters fail with [`LockError::SessionLost`], and a
 //! lock is never reported acquired on an expired lease.
 #![warn(missing_docs)]
 
