@@ -13,14 +13,17 @@
 //! Everything else is tonic's: each endpoint is a lazily connecting tonic channel built from
 //! the [`Endpoint`] etcd-client configured (TLS, HTTP/2 keep-alive, connect and request
 //! timeouts), and [`Members`] spreads calls over the endpoints, preferring one whose
-//! connection is up, as tonic's balanced channel prefers ready connections.
+//! connection is up, as tonic's balanced channel prefers ready connections, and avoiding one
+//! whose calls have gone unanswered for [`STALL_AFTER`] (a stopped or black-holed member keeps
+//! its TCP connection open, so "connected" alone would keep choosing it).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use etcd_client::{BalancedChannelBuilder, Channel, Client, ConnectOptions};
 use http::Uri;
@@ -85,6 +88,23 @@ enum Link {
     Connecting = 2,
     /// The last connection attempt failed.
     Failed = 3,
+    /// Connected, but calls have waited longer than [`STALL_AFTER`] without a byte from the
+    /// server (a stopped member, a black-holed connection): calls go anywhere else first.
+    Stalled = 4,
+}
+
+/// How long a connection may leave its calls without a byte in return before it counts as
+/// [`Link::Stalled`]. An answering etcd sends something (a reply, a window update, a ping)
+/// well within this even under load; a wrong guess only steers new calls to another member.
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the first use, never 0 (0 stands for "not waiting").
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
 }
 
 /// [`Link`] shared by an endpoint's connector, its streams and [`Members`]: up while a
@@ -95,12 +115,22 @@ struct LinkState {
     open: AtomicUsize,
     /// [`Link::Idle`], [`Link::Connecting`] or [`Link::Failed`].
     attempt: AtomicU8,
+    /// Calls sent through this endpoint and not yet answered (their response head).
+    calls: AtomicUsize,
+    /// Since when (`now_ms`) calls have waited without a byte read from the server; 0 when
+    /// none waits. A call given up after waiting longer than [`STALL_AFTER`] leaves it set
+    /// until the server is heard from (or the connection is replaced).
+    waiting_since: AtomicU64,
 }
 
 impl LinkState {
     fn get(&self) -> Link {
         if self.open.load(Ordering::Relaxed) > 0 {
-            return Link::Up;
+            return if self.stalled() {
+                Link::Stalled
+            } else {
+                Link::Up
+            };
         }
         match self.attempt.load(Ordering::Relaxed) {
             2 => Link::Connecting,
@@ -115,11 +145,73 @@ impl LinkState {
 
     fn stream_opened(&self) {
         self.attempt(Link::Idle);
+        self.waiting_since.store(0, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
     }
 
     fn stream_closed(&self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Calls have waited longer than [`STALL_AFTER`] without hearing from the server.
+    fn stalled(&self) -> bool {
+        let since = self.waiting_since.load(Ordering::Relaxed);
+        since != 0 && now_ms().saturating_sub(since) > STALL_AFTER.as_millis() as u64
+    }
+
+    fn call_started(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let _ =
+            self.waiting_since
+                .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// A call was answered, or given up (`answered` false): the last one out clears the
+    /// wait, unless it was given up after the connection had already stalled.
+    fn call_ended(&self, answered: bool) {
+        let left = self.calls.fetch_sub(1, Ordering::Relaxed) - 1;
+        if left == 0 && (answered || !self.stalled()) {
+            self.waiting_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The server sent something: waiting calls start their wait again, and a stall left by
+    /// given-up calls is over.
+    fn heard(&self) {
+        let now = now_ms();
+        let _ = self
+            .waiting_since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
+                if since == 0 {
+                    None
+                } else if self.calls.load(Ordering::Relaxed) > 0 {
+                    Some(now)
+                } else {
+                    Some(0)
+                }
+            });
+    }
+}
+
+/// Counts one call on its endpoint until the call is answered or dropped.
+struct CallInFlight {
+    link: Arc<LinkState>,
+    answered: bool,
+}
+
+impl CallInFlight {
+    fn new(link: Arc<LinkState>) -> Self {
+        link.call_started();
+        CallInFlight {
+            link,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.link.call_ended(self.answered);
     }
 }
 
@@ -156,10 +248,7 @@ impl MemberList {
 
     /// The channel of the best member: connected first, then idle, connecting, failed; in
     /// turn among equals. Pending (waker registered) while no endpoint has arrived yet.
-    fn choose(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<tonic::transport::Channel, tower::BoxError>> {
+    fn choose(&mut self, cx: &mut Context<'_>) -> Poll<Result<Chosen, tower::BoxError>> {
         loop {
             while let Ok(change) = self.changes.try_recv() {
                 self.apply(change);
@@ -178,12 +267,16 @@ impl MemberList {
         let links: Vec<Link> = self.members.iter().map(|m| m.link.get()).collect();
         let index = pick(&links, self.next);
         self.next = index + 1;
-        Poll::Ready(Ok(self.members[index].channel.clone()))
+        let member = &self.members[index];
+        Poll::Ready(Ok((member.channel.clone(), Arc::clone(&member.link))))
     }
 }
 
+/// A member's channel and link, as chosen for a call.
+type Chosen = (tonic::transport::Channel, Arc<LinkState>);
+
 /// The member to call among `links` (not empty): the best link (up, then idle, connecting,
-/// failed), the first such at or after `next`, round robin.
+/// failed, stalled), the first such at or after `next`, round robin.
 fn pick(links: &[Link], next: usize) -> usize {
     let best = links.iter().min().copied().unwrap_or(Link::Idle);
     (0..links.len())
@@ -197,7 +290,7 @@ fn pick(links: &[Link], next: usize) -> usize {
 struct Members {
     shared: Arc<Mutex<MemberList>>,
     /// The member chosen by `poll_ready`, used by the next `call`.
-    chosen: Option<tonic::transport::Channel>,
+    chosen: Option<Chosen>,
 }
 
 impl Clone for Members {
@@ -226,7 +319,7 @@ impl Service<TonicRequest> for Members {
             self.chosen = Some(chosen);
         }
         match &mut self.chosen {
-            Some(channel) => channel.poll_ready(cx).map_err(Into::into),
+            Some((channel, _)) => channel.poll_ready(cx).map_err(Into::into),
             None => Poll::Ready(Err("etcd client has no endpoints".into())),
         }
     }
@@ -234,9 +327,15 @@ impl Service<TonicRequest> for Members {
     fn call(&mut self, request: TonicRequest) -> Self::Future {
         let request = request.map(|body| tonic::body::Body::new(LastFrameBody::new(body)));
         match self.chosen.take() {
-            Some(mut channel) => {
+            Some((mut channel, link)) => {
+                let mut in_flight = CallInFlight::new(link);
                 let call = channel.call(request);
-                Box::pin(async move { call.await.map_err(Into::into) })
+                Box::pin(async move {
+                    let response = call.await;
+                    in_flight.answered = true;
+                    drop(in_flight);
+                    response.map_err(Into::into)
+                })
             }
             // tower's contract: `call` only after `poll_ready` returned ready.
             None => Box::pin(async { Err("etcd client called before it was ready".into()) }),
@@ -459,7 +558,13 @@ impl AsyncRead for BurstStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.link.heard();
+        }
+        read
     }
 }
 
@@ -541,5 +646,12 @@ mod tests {
         assert_eq!(pick(&[Link::Failed, Link::Connecting, Link::Idle], 0), 2);
         assert_eq!(pick(&[Link::Failed, Link::Connecting], 0), 1);
         assert_eq!(pick(&[Link::Failed, Link::Failed], 1), 1);
+    }
+
+    #[test]
+    fn a_stalled_member_goes_last() {
+        assert_eq!(pick(&[Link::Stalled, Link::Failed], 0), 1);
+        assert_eq!(pick(&[Link::Stalled, Link::Idle, Link::Up], 0), 2);
+        assert_eq!(pick(&[Link::Stalled, Link::Stalled], 1), 1);
     }
 }
