@@ -318,10 +318,16 @@ impl Service<TonicRequest> for Members {
             };
             self.chosen = Some(chosen);
         }
-        match &mut self.chosen {
+        let ready = match &mut self.chosen {
             Some((channel, _)) => channel.poll_ready(cx).map_err(Into::into),
             None => Poll::Ready(Err("etcd client has no endpoints".into())),
+        };
+        // A member that failed its readiness is chosen afresh next time: etcd-client polls
+        // the same service for every call of one of its clients.
+        if let Poll::Ready(Err(_)) = ready {
+            self.chosen = None;
         }
+        ready
     }
 
     fn call(&mut self, request: TonicRequest) -> Self::Future {
