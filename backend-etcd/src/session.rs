@@ -72,12 +72,44 @@ impl Session {
             let mut client = crate::transport::connect(&urls, Some(options.clone()))
                 .await
                 .map_err(|err| from_etcd(err, &endpoints, "connect"))?;
-            let asked_at = Instant::now();
-            let lease = client
-                .lease_grant(ttl.as_secs() as i64, None)
-                .await
-                .map_err(|err| from_etcd(err, &endpoints, "grant a lease"))?;
-            Ok::<_, LockError>((client, lease.id(), asked_at))
+            // With several endpoints a member that refuses or does not answer is passed over:
+            // the grant is tried again (within the connect timeout), and the transport sends
+            // it elsewhere once that member counts as failed or stalled.
+            let several = urls.len() > 1;
+            // A member that stays silent this long counts as stalled to the transport.
+            let per_attempt = if several {
+                crate::retry::attempt_timeout(ttl).min(Duration::from_secs(1))
+            } else {
+                crate::retry::attempt_timeout(ttl)
+            };
+            let mut backoff = crate::retry::Backoff::default();
+            loop {
+                let asked_at = Instant::now();
+                let asked = client.lease_grant(ttl.as_secs() as i64, None);
+                match tokio::time::timeout(per_attempt, asked).await {
+                    Ok(Ok(lease)) => return Ok::<_, LockError>((client, lease.id(), asked_at)),
+                    Ok(Err(err))
+                        if several
+                            && crate::retry::classify(&err)
+                                == crate::retry::ErrorKind::Transient =>
+                    {
+                        tracing::debug!(%err, "etcd lease grant failed; trying again");
+                    }
+                    Ok(Err(err)) => return Err(from_etcd(err, &endpoints, "grant a lease")),
+                    Err(_) if several => {
+                        tracing::debug!("etcd lease grant unanswered; trying again")
+                    }
+                    Err(_) => {
+                        return Err(LockError::Unavailable {
+                            backend: "etcd",
+                            endpoint: endpoints.clone(),
+                            after: Some(per_attempt),
+                            source: "no answer to the lease grant".into(),
+                        })
+                    }
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
         };
         let (client, lease_id, asked_at) = match tokio::time::timeout(timeout, grant).await {
             Ok(granted) => granted?,

@@ -133,6 +133,7 @@ async fn a_cancelled_unlock_still_releases() {
 /// dropped meanwhile: the withdrawal goes on, and no waiter key is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_try_lock_dropped_while_withdrawing_leaves_no_key() {
+    const TXNS: &str = "etcd_mvcc_txn_total";
     let etcd = Etcd::with_ttl(2);
     let proxy = TcpProxy::start(&etcd.server.endpoint()).await.unwrap();
     let a = EtcdLock::connect(&EtcdConfig {
@@ -177,6 +178,20 @@ async fn a_try_lock_dropped_while_withdrawing_leaves_no_key() {
         proxy.swallow_replies(false);
         proxy.cut_connections();
         keys_become(&etcd, "try", vec![holder_key.clone()]).await;
+        // The withdrawal's delete has landed, but its reply may still be on the way, and until
+        // it arrives the name stays busy in a's session (a try_lock then answers "taken"
+        // without asking etcd). Wait until a try_lock of a's reaches etcd again.
+        within("a's withdrawal to finish", async {
+            loop {
+                let before = etcd.server.metric(TXNS).unwrap_or(0.0);
+                assert!(a.try_lock("try").await.unwrap().is_none());
+                if etcd.server.metric(TXNS).unwrap_or(0.0) > before {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
     }
     held.unlock().await.unwrap();
     let guard = within("a to lock", a.lock("try")).await.unwrap();

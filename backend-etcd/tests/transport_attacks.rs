@@ -72,7 +72,6 @@ async fn cycles(session: &EtcdLock, name: &str, count: usize) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect (report v): the lease grant in Session::open goes to the first, idle endpoint and is not retried"]
 async fn a_refused_first_endpoint_is_passed_over_at_connect() {
     let etcd = Etcd::new();
     let config = config(vec![refused_endpoint(), etcd.server.endpoint()], 6);
@@ -83,7 +82,6 @@ async fn a_refused_first_endpoint_is_passed_over_at_connect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect (report v): the lease grant in Session::open waits on the first endpoint until the connect timeout"]
 async fn a_blackholed_first_endpoint_is_passed_over_at_connect() {
     let etcd = Etcd::new();
     let hole = TcpProxy::start(&etcd.server.endpoint()).await.unwrap();
