@@ -181,32 +181,32 @@ impl Chart<'_> {
             .light_line_style(RGBColor(0xee, 0xee, 0xee))
             .draw()?;
 
-        if let Some(floor) = floor_ms {
-            let style = ShapeStyle::from(&BLACK.mix(0.6)).stroke_width(1);
+        // Vertical dashed markers: (at ms, style, dash and gap, label).
+        let locksmith = IMPLS[0].1;
+        let markers = [
+            floor_ms.map(|floor| {
+                let label = format!(
+                    "floor p50 {} (delete → watch event, same setup)",
+                    format_us(floor * 1000.0)
+                );
+                (floor, ShapeStyle::from(&BLACK.mix(0.6)), (6, 4), label)
+            }),
+            loaded_ms.map(|loaded| {
+                let label = format!(
+                    "floor p50 {} under locksmith's load (delete → event, sampled during its run)",
+                    format_us(loaded * 1000.0)
+                );
+                (loaded, ShapeStyle::from(&locksmith.mix(0.8)), (3, 3), label)
+            }),
+        ];
+        for (at, style, (dash, gap), label) in markers.into_iter().flatten() {
+            let style = style.stroke_width(1);
             chart.draw_series(DashedLineSeries::new(
-                [(floor, 0.0), (floor, 100.0)],
-                6,
-                4,
+                [(at, 0.0), (at, 100.0)],
+                dash,
+                gap,
                 style,
             ))?;
-            let label = format!(
-                "floor p50 {} (delete → watch event, same setup)",
-                format_us(floor * 1000.0)
-            );
-            legend.push((label, style, true));
-        }
-        if let (Some(loaded), Some((_, colour))) = (loaded_ms, IMPLS.first()) {
-            let style = colour.mix(0.8).stroke_width(1);
-            chart.draw_series(DashedLineSeries::new(
-                [(loaded, 0.0), (loaded, 100.0)],
-                3,
-                3,
-                style,
-            ))?;
-            let label = format!(
-                "floor p50 {} under locksmith's load (delete → event, sampled during its run)",
-                format_us(loaded * 1000.0)
-            );
             legend.push((label, style, true));
         }
         for (name, colour) in IMPLS {
