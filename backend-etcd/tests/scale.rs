@@ -9,6 +9,16 @@ use common::Etcd;
 use locksmith_api::DistributedLock;
 use parking_lot::Mutex;
 
+/// Waits for every task, each within a minute; panics on a task that failed or hung.
+async fn join_within_a_minute(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 const STREAMS: &str = "etcd_debugging_mvcc_watch_stream_total";
 
 /// 1,000 tasks of one client wait on one name held by another client: they drain in arrival
@@ -42,12 +52,7 @@ async fn thousand_waiters_drain_in_order_over_few_streams() {
 
     let started = Instant::now();
     held.unlock().await.unwrap();
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    join_within_a_minute(tasks).await;
     let rate = WAITERS as f64 / started.elapsed().as_secs_f64();
     let peak = peak_rss_kib();
     println!("{WAITERS} handoffs at {rate:.0}/s over {streams} watch streams, peak RSS {peak} KiB");
@@ -127,12 +132,7 @@ async fn each_release_of_a_long_queue_reaches_few_waiters() {
         .expect("every waiter watches");
     let before = etcd.server.metric(EVENTS).unwrap();
     held.unlock().await.unwrap();
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    join_within_a_minute(tasks).await;
     let events = etcd.server.metric(EVENTS).unwrap() - before;
     let per_release = events / (SESSIONS + 1) as f64;
     println!("{per_release:.1} watch events per release for {SESSIONS} waiters");
