@@ -364,11 +364,11 @@ async fn enqueue_and_wait(
         match watch::all_gone(session, keys.prefix.as_bytes(), &own, &older).await {
             Ok(Tracked::Owner { at }) => return Ok(owner(at)),
             Ok(Tracked::OwnGone) => return Err(own_key_gone(session, name).await),
-            // Older keys than the ones we know (one ahead withdrew out of turn): read the
-            // queue afresh. We are not next, so a pause costs nothing, and should the read and
-            // the check ever disagree, it keeps the disagreement from becoming a busy loop.
-            Ok(Tracked::Incomplete) => backoff.wait(session).await?,
-            Ok(Tracked::Reread) => backoff.wait(session).await?,
+            // Older keys than the ones we know (one ahead withdrew out of turn), or a watch
+            // that could not go on: read the queue afresh after a pause. With older keys left
+            // we are not next, so the pause costs nothing, and should the read and the check
+            // ever disagree, it keeps the disagreement from becoming a busy loop.
+            Ok(Tracked::Incomplete | Tracked::Reread) => backoff.wait(session).await?,
             Err(err) => watch_failed(session, err, &mut backoff).await?,
         }
     }
