@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::{Etcd, GUARD};
 use locksmith_api::{DistributedLock, LockError, LossReason};
 use locksmith_etcd::etcd_client::{CompactionOptions, DeleteOptions, Txn, TxnOp};
+use parking_lot::Mutex;
 use rand::Rng;
 
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
@@ -491,4 +492,53 @@ async fn connect_errors_are_typed_and_prompt() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// Issue 11: 100 sessions queue on one name (here, not in `scale.rs`: those tests bound
+/// their process's peak memory). They are served in the order they queued, and
+/// each release reaches only the few waiters that track it: the first waiters track every
+/// older key, the ones further back watch a single key far ahead. Counted by etcd itself
+/// (`etcd_debugging_mvcc_events_total`, events sent to watchers): were every waiter to watch
+/// every older key, each delete would reach about half the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_release_of_a_long_queue_reaches_few_waiters() {
+    const SESSIONS: usize = 100;
+    const EVENTS: &str = "etcd_debugging_mvcc_events_total";
+    const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+    let etcd = Etcd::new();
+    let holder = etcd.session().await;
+    let held = holder.lock("long").await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::with_capacity(SESSIONS)));
+    let mut tasks = Vec::new();
+    for i in 0..SESSIONS {
+        let session = etcd.session().await;
+        let order = Arc::clone(&order);
+        tasks.push(tokio::spawn(async move {
+            let guard = session.lock("long").await.unwrap();
+            order.lock().push(i);
+            guard.unlock().await.unwrap();
+        }));
+        // Queued one after the other: `i` is each waiter's place in the queue.
+        etcd.wait_queued("long", i + 2).await;
+    }
+    // Every waiter watches something before the first release.
+    let settled = async {
+        while etcd.server.metric(WATCHERS).unwrap_or(0.0) < SESSIONS as f64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), settled)
+        .await
+        .expect("every waiter watches");
+    let before = etcd.server.metric(EVENTS).unwrap();
+    held.unlock().await.unwrap();
+    for task in tasks {
+        within("every waiter to be served", task).await.unwrap();
+    }
+    let events = etcd.server.metric(EVENTS).unwrap() - before;
+    let per_release = events / (SESSIONS + 1) as f64;
+    println!("{per_release:.1} watch events per release for {SESSIONS} waiters");
+    assert_eq!(*order.lock(), (0..SESSIONS).collect::<Vec<_>>());
+    // 3 trackers and one waiter further back per release, and a few twins.
+    assert!(per_release <= 14.0, "{per_release:.1} events per release");
 }
