@@ -13,6 +13,9 @@ use tempfile::TempDir;
 /// How long a member may take to answer after start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a member may take to stop after SIGSTOP.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What went wrong starting etcd.
 pub type HarnessError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -110,6 +113,9 @@ impl Member {
         }
     }
 
+    /// Sends `signal` with `kill`. A stop signal returns once every thread of the process has
+    /// stopped: `kill` returns when the signal is queued, and on a busy machine some threads of
+    /// etcd run on for milliseconds after that (long enough to answer a request).
     fn signal(&self, signal: &str) -> Result<(), HarnessError> {
         let Some(child) = &self.process else {
             return Err(format!("member {} is not running", self.name).into());
@@ -117,16 +123,55 @@ impl Member {
         let status = Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("kill {signal} failed for member {}", self.name).into())
+        if !status.success() {
+            return Err(format!("kill {signal} failed for member {}", self.name).into());
         }
+        let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+        // Without procfs the signal is all there is to wait on.
+        if !matches!(signal, "-STOP" | "-SIGSTOP" | "-19") || !tasks.is_dir() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while !all_threads_stopped(&tasks)? {
+            if Instant::now() > deadline {
+                return Err(
+                    format!("member {} did not stop within {STOP_TIMEOUT:?}", self.name).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP until the returned value is dropped.
+    fn stop(&self) -> Result<Stopped<'_>, HarnessError> {
+        self.signal("-STOP")?;
+        Ok(Stopped { member: self })
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
     }
+}
+
+/// True when every thread listed under `/proc/PID/task` is in the stopped state (`T`).
+fn all_threads_stopped(tasks: &Path) -> Result<bool, HarnessError> {
+    for task in std::fs::read_dir(tasks)? {
+        let stat = match std::fs::read_to_string(task?.path().join("stat")) {
+            Ok(stat) => stat,
+            // A thread that exited meanwhile.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err.into()),
+        };
+        // "pid (comm) S ...": the state follows the last ')', as comm may hold one.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if state != Some("T") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// True when `endpoints` serve a linearizable read within a second.
@@ -299,7 +344,8 @@ impl EtcdServer {
         Ok(values.iter().sum())
     }
 
-    /// Sends a signal to the etcd process (`-STOP`, `-CONT`, …).
+    /// Sends a signal to the etcd process (`-STOP`, `-CONT`, …); `-STOP` returns once every
+    /// thread of etcd has stopped.
     ///
     /// # Errors
     /// When the member is not running or `kill` fails.
@@ -322,15 +368,13 @@ impl Drop for Stopped<'_> {
 }
 
 impl EtcdServer {
-    /// Stops etcd (SIGSTOP) until the returned value is dropped.
+    /// Stops etcd (SIGSTOP) until the returned value is dropped; returns once every thread of
+    /// the process has stopped.
     ///
     /// # Errors
     /// When the member is not running or `kill` fails.
     pub fn stop(&self) -> Result<Stopped<'_>, HarnessError> {
-        self.member.signal("-STOP")?;
-        Ok(Stopped {
-            member: &self.member,
-        })
+        self.member.stop()
     }
 }
 
@@ -386,7 +430,8 @@ impl EtcdCluster {
         }
     }
 
-    /// Sends a signal (`-STOP`, `-CONT`, …) to member `index`.
+    /// Sends a signal (`-STOP`, `-CONT`, …) to member `index`; `-STOP` returns once every
+    /// thread of the member has stopped.
     ///
     /// # Errors
     /// When there is no such running member or `kill` fails.
@@ -397,7 +442,8 @@ impl EtcdCluster {
         }
     }
 
-    /// Stops member `index` (SIGSTOP) until the returned value is dropped.
+    /// Stops member `index` (SIGSTOP) until the returned value is dropped; returns once every
+    /// thread of the process has stopped.
     ///
     /// # Errors
     /// When there is no such running member or `kill` fails.
@@ -406,8 +452,7 @@ impl EtcdCluster {
             .members
             .get(index)
             .ok_or_else(|| format!("no member {index}"))?;
-        member.signal("-STOP")?;
-        Ok(Stopped { member })
+        member.stop()
     }
 
     /// True while member `index` runs (it was not killed, or was restarted).

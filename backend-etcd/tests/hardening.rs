@@ -83,7 +83,10 @@ async fn relock_after_a_cancelled_unlock_never_holds_twice() {
     let again = {
         let stopped = etcd.server.stop().unwrap();
         let cancelled = tokio::time::timeout(Duration::from_millis(150), first.unlock()).await;
-        assert!(cancelled.is_err(), "unlock completed on a stopped etcd");
+        assert!(
+            cancelled.is_err(),
+            "unlock completed on a stopped etcd: {cancelled:?}"
+        );
         // The release is still outstanding: the session's ticket on the name stays taken.
         assert!(a.try_lock("twice").await.unwrap().is_none());
         let a2 = a.clone();
@@ -117,7 +120,10 @@ async fn a_cancelled_unlock_still_releases() {
     {
         let _stopped = etcd.server.stop().unwrap();
         let cancelled = tokio::time::timeout(Duration::from_millis(150), held.unlock()).await;
-        assert!(cancelled.is_err());
+        assert!(
+            cancelled.is_err(),
+            "unlock finished with the server stopped: {cancelled:?}"
+        );
     }
     let next = within("the waiter to acquire", waiter)
         .await
