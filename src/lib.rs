@@ -57,7 +57,8 @@ pub mod config;
 
 pub use config::{LockConfig, MemoryConfig};
 pub use locksmith_api::{
-    async_trait, validate_name, BoxError, DistributedLock, FencingToken, LockError, LockGuard,
+    async_trait, validate_name, BoxError, Coordination, DistributedLock, FencingToken,
+    LeaderElection, LeaderInfo, LeaderState, LeaderWatch, Leadership, LockError, LockGuard,
     LossReason, MAX_NAME_LEN,
 };
 #[cfg(feature = "etcd")]
@@ -69,7 +70,7 @@ pub use locksmith_memory::{MemoryLock, MemoryStore};
 
 /// The backend-side vocabulary, for writing a backend of your own.
 pub mod backend {
-    pub use locksmith_api::{Hold, LockTable, LostSignal, LostWatch, Ticket};
+    pub use locksmith_api::{Hold, LeaderFeed, LockTable, LostSignal, LostWatch, Proclaim, Ticket};
 }
 
 /// The README's examples, compiled and run as doc tests.

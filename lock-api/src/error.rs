@@ -103,6 +103,52 @@ impl LockError {
         }
     }
 
+    /// An equal error for a second receiver (sources are kept as their message): how one
+    /// ending is reported to every observer of a name.
+    pub(crate) fn duplicate(&self) -> LockError {
+        fn text(source: &BoxError) -> BoxError {
+            source.to_string().into()
+        }
+        match self {
+            LockError::InvalidName { name, rule } => LockError::InvalidName {
+                name: name.clone(),
+                rule,
+            },
+            LockError::InvalidConfig { message, source } => LockError::InvalidConfig {
+                message: message.clone(),
+                source: source.as_ref().map(text),
+            },
+            LockError::SessionLost { session, reason } => LockError::SessionLost {
+                session: session.clone(),
+                reason: *reason,
+            },
+            LockError::LockLost { name, reason } => LockError::LockLost {
+                name: name.clone(),
+                reason: *reason,
+            },
+            LockError::Unavailable {
+                backend,
+                endpoint,
+                after,
+                source,
+            } => LockError::Unavailable {
+                backend,
+                endpoint: endpoint.clone(),
+                after: *after,
+                source: text(source),
+            },
+            LockError::Backend {
+                backend,
+                operation,
+                source,
+            } => LockError::Backend {
+                backend,
+                operation: operation.clone(),
+                source: text(source),
+            },
+        }
+    }
+
     /// True for [`LockError::SessionLost`].
     pub fn is_session_lost(&self) -> bool {
         matches!(self, LockError::SessionLost { .. })

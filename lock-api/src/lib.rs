@@ -35,6 +35,7 @@
 //! [`conformance`] suite from your tests.
 #![warn(missing_docs)]
 
+mod election;
 mod error;
 mod fencing;
 mod guard;
@@ -45,6 +46,10 @@ pub mod table;
 pub mod conformance;
 
 pub use async_trait::async_trait;
+pub use election::{
+    Coordination, LeaderElection, LeaderFeed, LeaderInfo, LeaderState, LeaderWatch, Leadership,
+    Proclaim,
+};
 pub use error::{BoxError, LockError, LossReason};
 pub use fencing::FencingToken;
 pub use guard::{Hold, LockGuard, LostSignal, LostWatch};
