@@ -1,5 +1,6 @@
 // etcd_bench, Go edition: the same modes and JSON line as locksmith's
-// examples/etcd_bench.rs, measuring etcd's own concurrency.Mutex as the peer.
+// examples/etcd_bench.rs, measuring etcd's own concurrency.Mutex (uncontended, contended,
+// distinct) and concurrency.Election (failover, observe, observers; election.go) as the peer.
 //
 //	GO111MODULE=off GOPATH=/usr/share/gocode go run . -endpoints 127.0.0.1:2379 -mode contended -clients 3 -duration 10
 //
@@ -42,7 +43,9 @@ type report struct {
 	// Contended mode only: the holders' Unlock calls, start to return.
 	ReleaseP50us *float64      `json:"release_p50_us,omitempty"`
 	ReleaseUs    *distribution `json:"release_us,omitempty"`
-	Setup        string        `json:"setup,omitempty"`
+	// Election modes (election.go).
+	electionFields
+	Setup string `json:"setup,omitempty"`
 }
 
 // A latency distribution in whole microseconds: count, extremes and nearest-rank percentiles.
@@ -102,11 +105,23 @@ func endpointList(value string) []string {
 
 func main() {
 	endpoints := flag.String("endpoints", "127.0.0.1:2379", "comma-separated etcd endpoints, or etcd://host:port[,host:port]/")
-	mode := flag.String("mode", "contended", "uncontended | contended | distinct")
+	mode := flag.String("mode", "contended", "uncontended | contended | distinct | failover | observe | observers")
 	clients := flag.Int("clients", 3, "concurrent clients, each with its own session")
 	duration := flag.Float64("duration", 10, "seconds to run")
 	setup := flag.String("setup", "", "what etcd this run measures, copied to the report")
+	observers := flag.Int("observers", 1000, "observers mode: observers of one name in this process")
 	flag.Parse()
+	switch *mode {
+	case "failover":
+		printReport(runFailover(endpointList(*endpoints), *clients, *duration, *setup))
+		return
+	case "observe":
+		printReport(runObserve(endpointList(*endpoints), *duration, *setup))
+		return
+	case "observers":
+		printReport(runObservers(endpointList(*endpoints), *observers, *duration, *setup))
+		return
+	}
 	if *mode == "uncontended" {
 		*clients = 1
 	}
@@ -205,6 +220,19 @@ func main() {
 		release := distributionOf(releases)
 		r.ReleaseP50us, r.ReleaseUs = &p50, &release
 	}
-	out, _ := json.Marshal(r)
+	printReport(r)
+}
+
+func printReport(r report) {
+	out, err := json.Marshal(r)
+	if err != nil {
+		fail("cannot print the report", err)
+	}
 	fmt.Println(string(out))
+}
+
+// fail reports a failed step and exits non-zero.
+func fail(what string, err error) {
+	fmt.Fprintf(os.Stderr, "etcd_bench: %s: %v\n", what, err)
+	os.Exit(1)
 }
