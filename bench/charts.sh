@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Draws the JSON lines of bench/run.sh as SVG charts: the contended handoff latency
-# distribution of every implementation, per etcd setup and client count, beside the floor.
+# distribution of every implementation, per etcd setup and client count, beside the floor,
+# and the same for the leader failover latency of the failover runs.
 # The drawing tool (bench/chart, plotters' SVG backend) is a crate of its own, outside the
 # workspace, so that no plotting crate enters locksmith's dependency tree.
 #

@@ -1,13 +1,15 @@
 //! Draws the JSON lines of `bench/run.sh` (from `examples/etcd_bench.rs` and `bench/go`) as
 //! SVG charts: for every etcd setup and client count of the contended runs, the cumulative
-//! distribution of the handoff latency of each lock implementation, beside the setup's floor.
+//! distribution of the handoff latency of each lock implementation, beside the setup's floor;
+//! the same for the failover latency of the `failover` (leader election) runs.
 //!
 //! ```text
 //! cargo run --release --manifest-path bench/chart/Cargo.toml -- --dir docs/bench RESULTS.jsonl…
 //! ```
 //!
 //! Prints the path of every chart it wrote. Lines that are not contended runs with a
-//! `handoff_us` distribution only contribute their floor (mode `floor`) or are skipped.
+//! `handoff_us` distribution or failover runs with a `failover_us` one only contribute their
+//! floor (mode `floor`) or are skipped.
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -31,6 +33,9 @@ struct Run {
     setup: Option<String>,
     #[serde(default)]
     handoff_us: Option<Distribution>,
+    /// `failover` runs: a leader's resign → the next campaign returning.
+    #[serde(default)]
+    failover_us: Option<Distribution>,
     /// `--probe-floor`: delete → event sampled while this run's clients contended.
     #[serde(default)]
     loaded_floor_p50_us: Option<f64>,
@@ -98,8 +103,69 @@ const IMPLS: [(&str, RGBColor); 3] = [
     ("go-concurrency", RGBColor(0x2c, 0xa0, 0x2c)),
 ];
 
-/// One chart: the contended runs of one setup at one client count.
+/// What a chart draws.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// Contended lock runs: the handoff.
+    Handoff,
+    /// Leader-election runs: the failover.
+    Failover,
+}
+
+impl Kind {
+    /// The mode whose lines this kind draws.
+    fn mode(self) -> &'static str {
+        match self {
+            Kind::Handoff => "contended",
+            Kind::Failover => "failover",
+        }
+    }
+
+    /// The distribution this kind draws from a line.
+    fn of(self, run: &Run) -> Option<&Distribution> {
+        match self {
+            Kind::Handoff => run.handoff_us.as_ref(),
+            Kind::Failover => run.failover_us.as_ref(),
+        }
+    }
+
+    fn file_prefix(self) -> &'static str {
+        match self {
+            Kind::Handoff => "handoff",
+            Kind::Failover => "failover",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Kind::Handoff => "Contended handoff latency",
+            Kind::Failover => "Leader failover latency",
+        }
+    }
+
+    fn x_desc(self) -> &'static str {
+        match self {
+            Kind::Handoff => {
+                "handoff: holder starts unlock → next holder's lock returns (ms, log scale)"
+            }
+            Kind::Failover => {
+                "failover: leader starts resign → next campaign returns (ms, log scale)"
+            }
+        }
+    }
+
+    /// The samples (plural) and one cycle of a client, for the legend.
+    fn nouns(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Handoff => ("handoffs", "lock+unlock"),
+            Kind::Failover => ("failovers", "campaign+resign"),
+        }
+    }
+}
+
+/// One chart: the contended (or failover) runs of one setup at one client count.
 struct Chart<'a> {
+    kind: Kind,
     setup: &'a str,
     clients: usize,
     /// Floor p50 of the same setup, in µs, if the file has it.
@@ -125,14 +191,18 @@ impl Chart<'_> {
             .filter(|part| !part.is_empty())
             .collect::<Vec<_>>()
             .join("-");
-        format!("handoff-{slug}-{}-clients.svg", self.clients)
+        format!(
+            "{}-{slug}-{}-clients.svg",
+            self.kind.file_prefix(),
+            self.clients
+        )
     }
 
     fn draw(&self, path: &Path) -> Result<()> {
         let curves: Vec<(&Run, Vec<(f64, f64)>)> = self
             .runs
             .iter()
-            .filter_map(|run| Some((*run, run.handoff_us.as_ref()?.curve())))
+            .filter_map(|run| Some((*run, self.kind.of(run)?.curve())))
             .collect();
         let all = curves
             .iter()
@@ -162,8 +232,10 @@ impl Chart<'_> {
         root.fill(&WHITE)?;
         let (plot_area, legend_area) = root.split_vertically(440);
         let title = format!(
-            "Contended handoff latency, {} clients ({})",
-            self.clients, self.setup
+            "{}, {} clients ({})",
+            self.kind.title(),
+            self.clients,
+            self.setup
         );
         let mut chart = ChartBuilder::on(&plot_area)
             .caption(title, ("sans-serif", 20))
@@ -173,8 +245,8 @@ impl Chart<'_> {
             .build_cartesian_2d((lo..hi).log_scale(), 0f64..100f64)?;
         chart
             .configure_mesh()
-            .x_desc("handoff: holder starts unlock → next holder's lock returns (ms, log scale)")
-            .y_desc("% of handoffs at or below")
+            .x_desc(self.kind.x_desc())
+            .y_desc(format!("% of {} at or below", self.kind.nouns().0))
             .x_label_formatter(&|ms| format_ms(*ms))
             .y_labels(11)
             .y_label_formatter(&|percent| format!("{percent:.0}"))
@@ -211,16 +283,17 @@ impl Chart<'_> {
         }
         for (name, colour) in IMPLS {
             for (run, curve) in curves.iter().filter(|(run, _)| run.implementation == name) {
-                let Some(handoff) = &run.handoff_us else {
+                let Some(samples) = self.kind.of(run) else {
                     continue;
                 };
                 let style = colour.stroke_width(2);
                 chart.draw_series(LineSeries::new(curve.iter().copied(), style))?;
+                let (plural, cycle) = self.kind.nouns();
                 let label = format!(
-                    "{name}: p50 {}, p99 {}, {} handoffs ({:.0} ms p50 per lock+unlock)",
-                    format_us(handoff.p50),
-                    format_us(handoff.p99),
-                    handoff.n,
+                    "{name}: p50 {}, p99 {}, {} {plural} ({:.0} ms p50 per {cycle})",
+                    format_us(samples.p50),
+                    format_us(samples.p99),
+                    samples.n,
                     run.p50_us / 1000.0
                 );
                 legend.push((label, style, false));
@@ -290,20 +363,23 @@ fn charts(runs: &[Run]) -> Vec<Chart<'_>> {
         .filter(|run| run.mode == "floor")
         .map(|run| (setup_of(run), run.p50_us))
         .collect();
-    let mut charts: BTreeMap<(String, usize), Vec<&Run>> = BTreeMap::new();
+    let mut charts: BTreeMap<(Kind, String, usize), Vec<&Run>> = BTreeMap::new();
     for run in runs {
-        if run.mode == "contended" && run.handoff_us.is_some() {
-            charts
-                .entry((setup_of(run), run.clients))
-                .or_default()
-                .push(run);
+        for kind in [Kind::Handoff, Kind::Failover] {
+            if run.mode == kind.mode() && kind.of(run).is_some() {
+                charts
+                    .entry((kind, setup_of(run), run.clients))
+                    .or_default()
+                    .push(run);
+            }
         }
     }
     charts
         .into_iter()
-        .map(|((setup, clients), runs)| {
+        .map(|((kind, setup, clients), runs)| {
             let setup_ref = runs.first().and_then(|run| run.setup.as_deref());
             Chart {
+                kind,
                 setup: setup_ref.unwrap_or("etcd"),
                 clients,
                 floor_us: floors.get(&setup).copied(),
@@ -330,7 +406,11 @@ fn main() -> Result<()> {
     let runs = read_runs(&inputs)?;
     let charts = charts(&runs);
     if charts.is_empty() {
-        return Err("no contended run with a handoff_us distribution in the input".into());
+        return Err(
+            "no contended run with a handoff_us distribution (or failover run with a \
+             failover_us one) in the input"
+                .into(),
+        );
     }
     std::fs::create_dir_all(&dir)
         .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
