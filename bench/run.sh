@@ -2,19 +2,22 @@
 # Runs every etcd benchmark against a fresh etcd on loopback (one member, or a cluster),
 # locksmith beside etcd's server-side lock (v3lock) and, where a Go toolchain with Debian's
 # etcd sources is installed (apt-get install golang-go golang-etcd-server-dev, or --with-go),
-# Go's concurrency.Mutex. Prints one JSON line per run; `bash bench/charts.sh FILE` draws them.
+# Go's concurrency.Mutex and concurrency.Election. Prints one JSON line per run;
+# `bash bench/charts.sh FILE` draws them.
 #
-#   bash bench/run.sh [SECONDS_PER_RUN] [--cluster MEMBERS] [--out FILE] [--with-go]
+#   bash bench/run.sh [SECONDS_PER_RUN] [--cluster MEMBERS] [--out FILE] [--with-go] [--modes LIST]
 #
 #   SECONDS_PER_RUN   default 5
 #   --cluster N       an N-member cluster (default 1): every mode with the leader first in the
 #                     clients' endpoint list, then every mode again with a follower first
 #   --out FILE        also write the JSON lines to FILE (replaced)
 #   --with-go         install the Go peer's packages if missing (also: BENCH_WITH_GO=1)
+#   --modes LIST      only these modes, comma-separated (default: floor, uncontended,
+#                     contended, distinct, failover, observe, observers; floor always runs)
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
-secs=5 members=1 out="" with_go="${BENCH_WITH_GO:-}"
+secs=5 members=1 out="" with_go="${BENCH_WITH_GO:-}" modes=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cluster) [ $# -ge 2 ] || usage; members="$2"; shift 2 ;;
@@ -22,6 +25,8 @@ while [ $# -gt 0 ]; do
     --out) [ $# -ge 2 ] || usage; out="$2"; shift 2 ;;
     --out=*) out="${1#*=}"; shift ;;
     --with-go) with_go=1; shift ;;
+    --modes) [ $# -ge 2 ] || usage; modes="$2"; shift 2 ;;
+    --modes=*) modes="${1#*=}"; shift ;;
     -h | --help) usage 0 ;;
     [0-9]*) secs="$1"; shift ;;
     *) echo "bench: unknown argument $1" >&2; usage ;;
@@ -121,20 +126,33 @@ ordered_endpoints() { # leader|follower LEADER
 }
 
 run() { # SETUP ENDPOINTS MODE CLIENTS
-  local setup="$1" url="etcd://$2/" mode="$3" clients="$4" probe=()
-  # Contended runs also sample the floor under their own load (loaded_floor_p50_us).
-  [ "$mode" != contended ] || probe=(--probe-floor)
-  "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl locksmith --setup "$setup" "${probe[@]}" | emit
-  if [ "$mode" != floor ]; then
-    "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl v3lock --setup "$setup" "${probe[@]}" | emit
-    [ -z "$go_bench" ] || "$go_bench" -endpoints "$url" -mode "$mode" -clients "$clients" -duration "$secs" -setup "$setup" | emit
-  fi
+  local setup="$1" url="etcd://$2/" mode="$3" clients="$4" extra=() go_extra=()
+  case "$mode" in
+    # Contended runs also sample the floor under their own load (loaded_floor_p50_us).
+    contended) extra=(--probe-floor) ;;
+    # CLIENTS observers of one name on one session.
+    observers) extra=(--observers "$clients") go_extra=(-observers "$clients") clients=1 ;;
+  esac
+  "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl locksmith --setup "$setup" "${extra[@]}" | emit
+  case "$mode" in
+    floor) return ;;
+    # Elections have no v3lock counterpart here (etcd's v3election service is not measured).
+    failover | observe | observers) ;;
+    *) "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl v3lock --setup "$setup" "${extra[@]}" | emit ;;
+  esac
+  [ -z "$go_bench" ] || "$go_bench" -endpoints "$url" -mode "$mode" -clients "$clients" -duration "$secs" -setup "$setup" "${go_extra[@]}" | emit
 }
+
+# Whether --modes (if given) names MODE; the floor always runs: the other modes are read
+# against it.
+wanted() { [ -z "$modes" ] || [ "$1" = floor ] || [[ ",$modes," == *",$1,"* ]]; }
 
 every_mode() { # SETUP [leader|follower]
   local setup="$1" first="${2:-}" endpoints="$all_endpoints" was="" mode clients
-  for mode_clients in "floor 1" "uncontended 1" "contended 3" "contended 16" "distinct 16"; do
+  for mode_clients in "floor 1" "uncontended 1" "contended 3" "contended 16" "distinct 16" \
+    "failover 3" "observe 1" "observers 1000"; do
     read -r mode clients <<<"$mode_clients"
+    wanted "$mode" || continue
     # The leader may move (the machine is busy): look it up before each run, check it after.
     [ -z "$first" ] || { was="$(leader)"; endpoints="$(ordered_endpoints "$first" "$was")"; }
     run "$setup" "$endpoints" "$mode" "$clients"

@@ -22,6 +22,16 @@
 //! runs also sample the floor while the clients contend (`loaded_floor_p50_us`,
 //! `loaded_floor_us`). `--setup TEXT` adds
 //! `"setup": TEXT`, which `bench/run.sh` uses to say what etcd the run measured.
+//!
+//! The election modes (`failover`, `observe`, `observers --observers N`) measure
+//! [`LeaderElection`](locksmith::LeaderElection): the failover from a leader's `resign` to the
+//! next `campaign` returning (`failover_us`), proclaim → an observer in another session
+//! yielding the value (`observe_us`), and N observers of one name on one session (time until
+//! all have seen a proclamation, the process's RSS, etcd's watch gauges); see
+//! `etcd_bench/election.rs` for every field.
+
+#[path = "etcd_bench/election.rs"]
+mod election;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -58,6 +68,9 @@ struct Args {
     /// delete's event costs on etcd under this very load.
     #[arg(long)]
     probe_floor: bool,
+    /// Observers mode: how many observers of one name this process runs (on one session).
+    #[arg(long, default_value_t = 1000)]
+    observers: usize,
 }
 
 /// The session settings `--endpoints` names.
@@ -90,6 +103,12 @@ enum Mode {
     /// Delete → watch event of a waiter watching from the next revision: the lower bound of
     /// a handoff on this etcd.
     Floor,
+    /// N candidates, one name: the leader resigns at once and campaigns again.
+    Failover,
+    /// One leader proclaims, one observer in another session sees each value.
+    Observe,
+    /// `--observers` observers of one name on one session see a leader's proclamations.
+    Observers,
 }
 
 #[derive(Clone, Copy, ValueEnum, Serialize, PartialEq)]
@@ -133,6 +152,9 @@ struct Report {
     loaded_floor_p50_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     loaded_floor_us: Option<Distribution>,
+    /// The election modes' own fields.
+    #[serde(flatten)]
+    election: election::Fields,
     /// `--setup`, as given.
     #[serde(skip_serializing_if = "Option::is_none")]
     setup: Option<String>,
@@ -394,6 +416,43 @@ async fn floor_samples(
     Ok(latencies)
 }
 
+/// Connects the sessions of an election mode and runs it.
+async fn run_election(
+    args: &Args,
+    config: &EtcdConfig,
+) -> Result<election::ElectionRun, LockError> {
+    if args.implementation != Impl::Locksmith {
+        return Err(LockError::config(
+            "the election modes measure locksmith only (--impl locksmith)",
+        ));
+    }
+    let name = format!("bench/{}/election", std::process::id());
+    let sessions = match args.mode {
+        Mode::Failover => args.clients.max(1),
+        _ => 2,
+    };
+    let mut connected = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        connected.push(EtcdLock::connect(config).await?);
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    if args.mode == Mode::Failover {
+        return election::failover(connected, name, duration).await;
+    }
+    let (Some(observer), Some(leader)) = (connected.pop(), connected.pop()) else {
+        return Err(LockError::config(
+            "two sessions were connected, fewer came back",
+        ));
+    };
+    match args.mode {
+        Mode::Observe => election::observe(leader, observer, name, duration).await,
+        _ => {
+            let (count, endpoints) = (args.observers, &config.endpoints);
+            election::observers(leader, observer, count, name, duration, endpoints).await
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -416,6 +475,9 @@ async fn main() -> Result<(), LockError> {
     });
     let (mut latencies, violations, mut handoffs, mut releases) = match args.mode {
         Mode::Floor => (run_floor(&args, &config).await?, 0, Vec::new(), Vec::new()),
+        Mode::Failover | Mode::Observe | Mode::Observers => {
+            return report_election(&args, run_election(&args, &config).await?);
+        }
         _ => run_locks(&args, &config).await?,
     };
     let mut loaded_floor = match probe {
@@ -455,9 +517,46 @@ async fn main() -> Result<(), LockError> {
         loaded_floor_p50_us: (!loaded_floor.is_empty())
             .then(|| percentile(&loaded_floor, 0.50).round()),
         loaded_floor_us: (!loaded_floor.is_empty()).then(|| Distribution::of(&loaded_floor)),
+        election: election::Fields::default(),
         setup: args.setup.clone(),
     };
-    match serde_json::to_string(&report) {
+    print_report(&report)
+}
+
+/// The report of an election mode: its own fields beside the common ones.
+fn report_election(args: &Args, run: election::ElectionRun) -> Result<(), LockError> {
+    let elapsed = run.elapsed.as_secs_f64();
+    let mut latencies = run.latencies;
+    latencies.sort();
+    let report = Report {
+        implementation: args.implementation,
+        mode: args.mode,
+        clients: if args.mode == Mode::Failover {
+            args.clients.max(1)
+        } else {
+            1
+        },
+        ops: run.ops,
+        ops_per_s: (run.ops as f64 / elapsed * 10.0).round() / 10.0,
+        p50_us: percentile(&latencies, 0.50).round(),
+        p99_us: percentile(&latencies, 0.99).round(),
+        violations: run.violations,
+        handoff_p50_us: None,
+        handoff_p99_us: None,
+        latency_us: Distribution::of(&latencies),
+        handoff_us: None,
+        release_p50_us: None,
+        release_us: None,
+        loaded_floor_p50_us: None,
+        loaded_floor_us: None,
+        election: run.fields,
+        setup: args.setup.clone(),
+    };
+    print_report(&report)
+}
+
+fn print_report(report: &Report) -> Result<(), LockError> {
+    match serde_json::to_string(report) {
         Ok(line) => println!("{line}"),
         Err(err) => return Err(LockError::config_with("cannot print the report", err)),
     }

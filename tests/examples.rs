@@ -158,3 +158,59 @@ fn etcd_bench_reads_etcd_urls_and_prints_distributions() {
         "{out:?}"
     );
 }
+
+/// `etcd_bench`'s election modes, briefly: failover and observe print their distributions
+/// consistent with their percentiles, no two leaders overlap, and the observers of one name
+/// on one session add at most one watch stream and one watcher on etcd.
+#[test]
+fn etcd_bench_election_modes_print_their_distributions() {
+    let etcd = EtcdServer::start().unwrap();
+    let url = format!("etcd://{}/bench-test/", etcd.endpoint());
+    let bench = |mode: &str, extra: &[&str]| {
+        let mut cmd = example("etcd_bench");
+        cmd.args(["--endpoints", &url, "--mode", mode, "--duration", "0.5"]);
+        cmd.args(extra);
+        let output = run(cmd);
+        let report: serde_json::Value = serde_json::from_str(output.trim()).unwrap();
+        assert_eq!(report["mode"], mode, "{output}");
+        assert_eq!(report["violations"], 0, "{output}");
+        assert_eq!(report["latency_us"]["p50"], report["p50_us"], "{output}");
+        (report, output)
+    };
+
+    let (report, output) = bench("failover", &["--clients", "3"]);
+    assert_eq!(report["clients"], 3, "{output}");
+    assert_eq!(report["latency_us"]["n"], report["ops"], "{output}");
+    let failover = &report["failover_us"];
+    assert_eq!(failover["p50"], report["failover_p50_us"], "{output}");
+    assert_eq!(failover["p99"], report["failover_p99_us"], "{output}");
+    assert!(failover["n"].as_u64() > Some(0), "{output}");
+    assert_eq!(
+        report["resign_us"]["p50"], report["resign_p50_us"],
+        "{output}"
+    );
+
+    let (report, output) = bench("observe", &[]);
+    assert_eq!(report["latency_us"]["n"], report["ops"], "{output}");
+    assert_eq!(report["observe_us"]["n"], report["ops"], "{output}");
+    assert_eq!(
+        report["observe_us"]["p50"], report["observe_p50_us"],
+        "{output}"
+    );
+
+    let (report, output) = bench("observers", &["--observers", "200"]);
+    assert_eq!(report["observers"], 200, "{output}");
+    assert_eq!(report["all_seen_us"]["n"], report["ops"], "{output}");
+    let seen = report["latency_us"]["n"].as_u64();
+    assert_eq!(
+        seen,
+        report["ops"].as_u64().map(|ops| ops * 200),
+        "{output}"
+    );
+    assert!(report["rss_kib"].as_u64() > Some(0), "{output}");
+    let added = |gauge: &str| {
+        report[gauge].as_u64().unwrap() - report[&format!("{gauge}_before")].as_u64().unwrap()
+    };
+    assert!(added("watch_streams") <= 1, "{output}");
+    assert!(added("watchers") <= 1, "{output}");
+}
