@@ -58,7 +58,9 @@ pub struct Fields {
     all_seen_p99_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     all_seen_us: Option<Distribution>,
-    /// observers: `VmRSS` and `VmHWM` of this process while they observe, in KiB.
+    /// observers: `VmRSS` and `VmHWM` of this process in KiB, read once every observer has
+    /// yielded the first round's value (later, the latencies kept would count too: 16 bytes
+    /// per observer per round).
     #[serde(skip_serializing_if = "Option::is_none")]
     rss_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -327,6 +329,7 @@ pub async fn observers<S: LeaderElection + 'static>(
     let started = Instant::now();
     let deadline = started + duration;
     let (mut each, mut all) = (Vec::new(), Vec::new());
+    let mut memory = (None, None);
     for round in 1.. {
         if round > 1 && Instant::now() >= deadline {
             break;
@@ -339,10 +342,13 @@ pub async fn observers<S: LeaderElection + 'static>(
         if let Some(last) = at.last() {
             all.push(last.saturating_duration_since(started));
         }
+        if round == 1 {
+            memory = (memory_kib("VmRSS:"), memory_kib("VmHWM:"));
+        }
     }
     let elapsed = started.elapsed();
     let (streams, watchers) = watch_gauges(endpoints).await?;
-    let (rss_kib, hwm_kib) = (memory_kib("VmRSS:"), memory_kib("VmHWM:"));
+    let (rss_kib, hwm_kib) = memory;
     for task in forwarding {
         task.abort();
     }
