@@ -11,6 +11,10 @@
 //! locksmith_api::conformance_tests!(MyFactory(MyStore::new()));
 //! ```
 //!
+//! The election cases ([`ELECTION_CASES`]) take a [`CoordinationFactory`], whose sessions
+//! offer locks and leader election; [`election_conformance_tests!`](crate::election_conformance_tests)
+//! writes them as tests.
+//!
 //! Cases wait on observable state ([`SessionFactory::queue_len`], guard signals) with a
 //! generous [`GUARD`] timeout; they never sleep for correctness. The few negative checks
 //! ("this waiter is still blocked") give the backend [`QUIET`] to misbehave.
@@ -26,6 +30,9 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::{DistributedLock, LockError, LockGuard};
+
+mod election;
+pub use election::*;
 
 /// The longest any single step of a case may take before the case fails.
 pub const GUARD: Duration = Duration::from_secs(20);
