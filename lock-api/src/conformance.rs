@@ -1,8 +1,9 @@
 //! The behaviour suite every backend runs: the specification of [`DistributedLock`].
 //!
 //! Each case is a plain `async fn` taking a [`SessionFactory`], which opens fresh client
-//! sessions on one store under test. Run the whole suite with [`conformance_tests!`], which
-//! writes one `#[tokio::test]` per case, or call the cases yourself.
+//! sessions on one store under test. Run the whole suite with
+//! [`conformance_tests!`](crate::conformance_tests), which writes one `#[tokio::test]` per
+//! case, or call the cases yourself.
 //!
 //! ```ignore
 //! struct MyFactory(MyStore);
