@@ -244,7 +244,7 @@ impl LeaderElection for MemoryLock {
             elections.watch(self.session_id(), name, leader_state(name, holder))
         });
         if let Some(feed) = new_feed {
-            tokio::spawn(forget_when_unwatched(
+            self.spawn(forget_when_unwatched(
                 Arc::downgrade(elections),
                 name.to_owned(),
                 feed,
