@@ -32,13 +32,14 @@ impl SessionFactory for MemoryThroughConfig {
     }
 }
 
-/// Election sessions on the store a `memory://NAME` URL names. `LockConfig` gains
-/// `connect_coordination` in another change of issue 12; until then the sessions are opened on
-/// that store directly.
+/// Election sessions as `LockConfig::connect_coordination` opens them on `memory://NAME`.
 #[locksmith::async_trait]
 impl CoordinationFactory for MemoryThroughConfig {
     async fn connect(&self) -> Result<Arc<dyn Coordination>, LockError> {
-        Ok(Arc::new(MemoryStore::named(&self.store).connect()?))
+        let url = format!("memory://{}", self.store);
+        url.parse::<locksmith::LockConfig>()?
+            .connect_coordination()
+            .await
     }
 
     async fn queue_len(&self, name: &str) -> usize {
