@@ -110,3 +110,28 @@ fn output_never_shows_a_password() {
         "{help}"
     );
 }
+
+/// SIGTERM to `locksmith` reaches the command as SIGTERM (it may clean up), and `locksmith`
+/// exits as a process stopped by SIGTERM.
+#[test]
+fn sigterm_is_passed_on_to_the_command() {
+    let mut child = locksmith()
+        .args(["lock", "cli/term", "--", "sh", "-c"])
+        .arg("trap 'echo got-term; kill $!; exit 3' TERM; sleep 60 & echo started; wait")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "got-term\n");
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+}

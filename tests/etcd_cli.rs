@@ -1,7 +1,7 @@
 //! The `locksmith` binary against a real etcd, with `etcdctl lock` as the reference peer.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -19,16 +19,22 @@ fn etcd() -> EtcdServer {
     }
 }
 
-/// A child process whose stdout lines arrive on a channel.
+/// A child process whose stdout lines arrive on a channel, and whose stderr is collected.
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
 }
 
 impl Running {
     fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stdout: ChildStdout = child.stdout.take().unwrap();
+        let mut stderr: ChildStderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -38,11 +44,26 @@ impl Running {
                 }
             }
         });
-        Running { child, lines }
+        let (tx, stderr_text) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            let _ = tx.send(text);
+        });
+        Running {
+            child,
+            lines,
+            stderr: stderr_text,
+        }
     }
 
     fn line_within(&self, timeout: Duration) -> Option<String> {
         self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Everything the process (and its children) wrote on stderr, once they have closed it.
+    fn stderr(&self) -> String {
+        self.stderr.recv_timeout(GUARD).expect("stderr closed")
     }
 
     fn signal(&self, signal: &str) {
@@ -251,4 +272,90 @@ async fn wrong_credentials_are_one_line_errors_and_leave_nothing() {
         );
     }
     nothing_left(&server.endpoint(), Some(("root", "secret"))).await;
+}
+
+/// Prints the key once it has started (and a `sleep` to wait on); on SIGTERM says so and exits 3.
+const TRAPS_TERM: &str =
+    "trap 'echo got-term; kill $!; exit 3' TERM; sleep 60 & echo \"$LOCKSMITH_KEY\"; wait";
+
+async fn etcd_client(endpoint: &str) -> locksmith::etcd_client::Client {
+    locksmith::etcd_client::Client::connect([format!("http://{endpoint}")], None)
+        .await
+        .unwrap()
+}
+
+/// The lines `locksmith` itself wrote on stderr (the command may write there too).
+fn locksmith_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|line| line.starts_with("locksmith: "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_lock_key_stops_the_command_with_sigterm() {
+    let server = etcd();
+    let mut cmd = locksmith(&server.endpoint(), "lost");
+    cmd.args(["--", "sh", "-c", TRAPS_TERM]);
+    let mut ours = Running::spawn(cmd);
+    let key = ours.line_within(GUARD).expect("the command started");
+    assert!(key.starts_with("lost/"), "{key}");
+    let mut client = etcd_client(&server.endpoint()).await;
+    let deleted = client.delete(key.as_str(), None).await.unwrap();
+    assert_eq!(deleted.deleted(), 1);
+    assert_eq!(ours.line_within(GUARD).as_deref(), Some("got-term"));
+    assert_eq!(ours.wait().code(), Some(1));
+    let stderr = ours.stderr();
+    assert_eq!(
+        locksmith_lines(&stderr),
+        [
+            r#"locksmith: lock "lost" lost (hold deleted): sent SIGTERM to "sh"; it exited with status 3"#
+        ],
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_lease_stops_the_command_with_sigterm() {
+    let server = etcd();
+    let mut cmd = locksmith(&server.endpoint(), "revoked");
+    cmd.args(["--", "sh", "-c", TRAPS_TERM]);
+    let mut ours = Running::spawn(cmd);
+    let key = ours.line_within(GUARD).expect("the command started");
+    let lease = key.rsplit_once('/').unwrap().1;
+    let lease = i64::from_str_radix(lease, 16).unwrap();
+    let mut client = etcd_client(&server.endpoint()).await;
+    client.lease_revoke(lease).await.unwrap();
+    assert_eq!(ours.line_within(GUARD).as_deref(), Some("got-term"));
+    assert_eq!(ours.wait().code(), Some(1));
+    let stderr = ours.stderr();
+    let lines = locksmith_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(r#"locksmith: lock "revoked" lost (session revoked): sent SIGTERM"#),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let server = etcd();
+    let mut cmd = locksmith(&server.endpoint(), "stubborn");
+    cmd.args(["--kill-after", "0.5", "--", "sh", "-c"])
+        .arg("trap '' TERM; echo \"$LOCKSMITH_KEY\"; exec sleep 60");
+    let mut ours = Running::spawn(cmd);
+    let key = ours.line_within(GUARD).expect("the command started");
+    let mut client = etcd_client(&server.endpoint()).await;
+    client.delete(key.as_str(), None).await.unwrap();
+    let deleted = std::time::Instant::now();
+    assert_eq!(ours.wait().code(), Some(1));
+    assert!(deleted.elapsed() >= Duration::from_millis(500));
+    let stderr = ours.stderr();
+    assert_eq!(
+        locksmith_lines(&stderr),
+        [
+            r#"locksmith: lock "stubborn" lost (hold deleted): sent SIGTERM to "sh"; it was still running after 500ms: sent SIGKILL"#
+        ],
+        "{stderr}"
+    );
 }
