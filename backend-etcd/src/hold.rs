@@ -2,7 +2,7 @@
 //! is given up), the hold behind a guard (released on unlock or drop), and the background
 //! cleanup both share, which outlives the future that started it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +27,24 @@ pub(crate) enum Owned {
     /// A hold: the key's create revision, so that a stale release never deletes a newer hold
     /// (etcd issue 22082).
     Revision(i64),
-    /// A queue attempt: the value it put. Whatever an attempt left behind carries its value,
-    /// and no other attempt's key does, so a late withdrawal cannot delete a newer key.
-    Value(String),
+    /// A queue attempt whose create revision is unknown (its reply was lost): the value it
+    /// put. A lock attempt's value is unique to it, so a late withdrawal cannot delete a newer
+    /// key; a campaign's is its proposal (see [`Stamp::Proposal`]).
+    Value(Vec<u8>),
+}
+
+/// What a queue attempt puts as its key's value, and so how it tells its own key.
+#[derive(Debug, Clone)]
+pub(crate) enum Stamp {
+    /// A lock: a value unique to the attempt ([`new_nonce`]); a key of ours with another
+    /// value was not created by it.
+    Nonce,
+    /// A campaign: the proposal, which observers and other clients read as the leader's value,
+    /// so it cannot be unique. A key of ours with this value found on a retry, after a request
+    /// whose reply was lost, is taken as this attempt's (it is, or it is the key of an earlier
+    /// attempt's late put, which is as good: nothing else of this session uses the name while
+    /// the attempt holds the session's ticket for it); found on the first request, it is stale.
+    Proposal(Vec<u8>),
 }
 
 /// Deletes `key` only if it is still the one `owned` describes. True when it deleted.
@@ -58,12 +73,17 @@ pub(crate) fn new_nonce() -> String {
 }
 
 /// Our key while we queue: if the `lock` future is dropped, or fails, the key is withdrawn
-/// (also when the put committed but its reply was lost): deleted if it still carries this
-/// attempt's value. The local ticket is released only after that.
+/// (also when the put committed but its reply was lost): deleted if it still has the create
+/// revision the queue reported, or, when no reply came, if it still carries this attempt's
+/// value. The local ticket is released only after that.
 pub(crate) struct PendingKey {
     key: String,
-    /// The value this attempt puts, telling its own key from a stale one.
-    pub(crate) nonce: String,
+    /// The value this attempt puts.
+    pub(crate) value: Vec<u8>,
+    /// True when the value is a proposal (see [`Stamp::Proposal`]).
+    pub(crate) is_proposal: bool,
+    /// The key's create revision once a queue reply has told it; 0 before.
+    pub(crate) revision: Arc<AtomicI64>,
     /// Set by the queue task before its first request: until then there is nothing to withdraw.
     pub(crate) sent: Arc<AtomicBool>,
     /// Held by the queue task while it runs.
@@ -82,16 +102,15 @@ struct Cleanup {
 }
 
 impl Cleanup {
-    /// Spawns the deletion of `key` if it is still `owned`, once `ready` says there is
-    /// something to delete (a queue task in flight has finished). The task goes on whatever
-    /// happens to the caller: it retries until etcd answers or the session ends (see
-    /// [`retry::cleanup`]), and only then lets the next local task on the name go.
+    /// Spawns the deletion of `key` if it is still the one `ready` describes, once `ready`
+    /// says there is something to delete (a queue task in flight has finished). The task goes
+    /// on whatever happens to the caller: it retries until etcd answers or the session ends
+    /// (see [`retry::cleanup`]), and only then lets the next local task on the name go.
     fn spawn(
         self,
         operation: &'static str,
         key: String,
-        owned: Owned,
-        ready: impl std::future::Future<Output = bool> + Send + 'static,
+        ready: impl std::future::Future<Output = Option<Owned>> + Send + 'static,
     ) -> JoinHandle<Cleaned<bool>> {
         let Cleanup {
             link,
@@ -99,16 +118,17 @@ impl Cleanup {
             ticket,
         } = self;
         runtime.spawn(async move {
-            let cleaned = if ready.await {
-                retry::cleanup(&link, operation, |client| {
-                    delete_if_owned(client, key.clone(), owned.clone())
-                })
-                .await
-            } else {
-                Cleaned::Done {
+            let cleaned = match ready.await {
+                Some(owned) => {
+                    retry::cleanup(&link, operation, |client| {
+                        delete_if_owned(client, key.clone(), owned.clone())
+                    })
+                    .await
+                }
+                None => Cleaned::Done {
                     value: false,
                     maybe_applied_before: false,
-                }
+                },
             };
             drop(ticket);
             cleaned
@@ -117,10 +137,16 @@ impl Cleanup {
 }
 
 impl PendingKey {
-    pub(crate) fn new(session: &Session, key: &str, ticket: Ticket<()>) -> Self {
+    pub(crate) fn new(session: &Session, key: &str, ticket: Ticket<()>, stamp: Stamp) -> Self {
+        let (value, is_proposal) = match stamp {
+            Stamp::Nonce => (new_nonce().into_bytes(), false),
+            Stamp::Proposal(value) => (value, true),
+        };
         PendingKey {
             key: key.to_owned(),
-            nonce: new_nonce(),
+            value,
+            is_proposal,
+            revision: Arc::new(AtomicI64::new(0)),
             sent: Arc::new(AtomicBool::new(false)),
             gate: Arc::new(tokio::sync::Mutex::new(())),
             abandoned: Arc::new(AtomicBool::new(false)),
@@ -137,18 +163,20 @@ impl PendingKey {
         self.abandoned.store(true, Ordering::SeqCst);
         let cleanup = self.cleanup.take()?;
         let (gate, sent) = (Arc::clone(&self.gate), Arc::clone(&self.sent));
+        let (revision, value) = (Arc::clone(&self.revision), self.value.clone());
         // Once the gate is ours, the queue task has finished, or will see `abandoned` and
-        // send nothing.
+        // send nothing; what it learnt of the key's revision is then known.
         let ready = async move {
             drop(gate.lock_owned().await);
-            sent.load(Ordering::SeqCst)
+            if !sent.load(Ordering::SeqCst) {
+                return None;
+            }
+            Some(match revision.load(Ordering::SeqCst) {
+                0 => Owned::Value(value),
+                known => Owned::Revision(known),
+            })
         };
-        Some(cleanup.spawn(
-            "withdraw from the lock queue",
-            self.key.clone(),
-            Owned::Value(self.nonce.clone()),
-            ready,
-        ))
+        Some(cleanup.spawn("withdraw from the lock queue", self.key.clone(), ready))
     }
 
     /// Withdraws the key and waits until etcd has answered (or the session ended, taking the
@@ -300,8 +328,7 @@ impl EtcdHold {
         Some(cleanup.spawn(
             "release the lock",
             self.key.clone(),
-            Owned::Revision(self.revision),
-            std::future::ready(true),
+            std::future::ready(Some(Owned::Revision(self.revision))),
         ))
     }
 

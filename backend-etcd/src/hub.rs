@@ -71,6 +71,8 @@ pub(crate) enum Notice {
     Deleted,
     /// Keys of a watched range were deleted, in revision order (a range watch goes on).
     Deletes(Vec<Deletion>),
+    /// Keys of a range watched with its puts changed, in revision order (it goes on).
+    Changes(Vec<Change>),
     /// The watch ended without a delete: read the key again and decide.
     Reread,
 }
@@ -81,6 +83,25 @@ pub(crate) struct Deletion {
     pub(crate) key: Vec<u8>,
     /// The revision of the delete.
     pub(crate) revision: i64,
+}
+
+/// One event of a range watched with its puts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub(crate) key: Vec<u8>,
+    /// The value put; empty for a delete.
+    pub(crate) value: Vec<u8>,
+    /// The key's create revision; 0 for a delete.
+    pub(crate) create_revision: i64,
+    /// The revision of the event.
+    pub(crate) revision: i64,
+}
+
+impl Change {
+    /// True for a delete.
+    pub(crate) fn is_delete(&self) -> bool {
+        self.create_revision == 0
+    }
 }
 
 enum Command {
@@ -135,6 +156,7 @@ impl WatchHub {
             key: key.to_owned(),
             range_end: Vec::new(),
             from,
+            puts: false,
         })
     }
 
@@ -150,6 +172,20 @@ impl WatchHub {
             key: start.to_owned(),
             range_end: end.to_owned(),
             from: 0,
+            puts: false,
+        })
+    }
+
+    /// Watches every put and delete of the keys in `[start, end)` from revision `from` (> 0,
+    /// the revision after a read of the range): the subscriber hears `Created`, then each
+    /// reply's events as [`Notice::Changes`], in revision order, until it drops the
+    /// subscription or hears `Reread` (compaction, a reset stream: read the range again).
+    pub(crate) fn watch_changes(&self, start: &[u8], end: &[u8], from: i64) -> Subscription {
+        self.subscribe(Target {
+            key: start.to_owned(),
+            range_end: end.to_owned(),
+            from: from.max(1),
+            puts: true,
         })
     }
 

@@ -56,6 +56,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod election;
 mod error;
 mod hold;
 mod hub;
@@ -72,7 +73,9 @@ pub mod testing;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use locksmith_api::{DistributedLock, LockError, LockGuard};
+use locksmith_api::{
+    DistributedLock, LeaderElection, LeaderInfo, LeaderWatch, Leadership, LockError, LockGuard,
+};
 
 pub use config::{EtcdConfig, EtcdTls};
 pub use etcd_client;
@@ -178,6 +181,33 @@ impl DistributedLock for EtcdLock {
 
     async fn close(&self) -> Result<(), LockError> {
         self.session.close().await
+    }
+}
+
+#[async_trait]
+impl LeaderElection for EtcdLock {
+    /// Campaigns with the keys of Go's `concurrency.Election` (and `etcdctl elect`): the
+    /// candidate key is the session's key of the name, its value `value`; candidates lead in
+    /// the order of their keys' create revisions.
+    ///
+    /// # Cancel safety
+    /// A dropped future withdraws its key in the background, also when the put committed but
+    /// its reply was lost.
+    async fn campaign(&self, name: &str, value: &[u8]) -> Result<Leadership, LockError> {
+        election::campaign(&self.session, name, value).await
+    }
+
+    /// The oldest direct child of `{namespace}{name}/`. Go's `Election.Leader` takes the
+    /// oldest key anywhere under the prefix, nested names included; locksmith counts the
+    /// name's own keys only, as its mutex does.
+    async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>, LockError> {
+        Ok(election::leader(&self.session, name).await?.1)
+    }
+
+    /// Observers of one name in one session share one watch on the session's watch stream;
+    /// each starts from a read made by its own call.
+    async fn observe(&self, name: &str) -> Result<LeaderWatch, LockError> {
+        election::observe(&self.session, name).await
     }
 }
 

@@ -11,7 +11,7 @@
 //! of it; once that key is gone it tracks the [`TRACK`] keys it knows are left. Every delete
 //! reaches at most [`TRACK`] + 1 waiters, however long the queue.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use etcd_client::{
@@ -21,7 +21,7 @@ use etcd_client::{
 use locksmith_api::{validate_name, LockError, LockGuard, LossReason};
 
 use crate::error::from_etcd;
-use crate::hold::{why_deleted, PendingKey};
+use crate::hold::{why_deleted, PendingKey, Stamp};
 use crate::retry::{self, Backoff, ErrorKind};
 use crate::session::{Link, Session};
 use crate::watch::{self, QueueKey, Tracked, Watched};
@@ -63,6 +63,16 @@ impl LockKeys {
 
 /// Waits for the lock in FIFO order; see [`crate::EtcdLock`].
 pub(crate) async fn lock(session: &Arc<Session>, name: &str) -> Result<LockGuard, LockError> {
+    acquire(session, name, Stamp::Nonce).await
+}
+
+/// Queues a key stamped with `stamp` (a lock's nonce, a campaign's proposal) under `name` and
+/// waits until it is the oldest.
+pub(crate) async fn acquire(
+    session: &Arc<Session>,
+    name: &str,
+    stamp: Stamp,
+) -> Result<LockGuard, LockError> {
     validate_name(name)?;
     session.check_alive()?;
     let ticket = tokio::select! {
@@ -71,7 +81,7 @@ pub(crate) async fn lock(session: &Arc<Session>, name: &str) -> Result<LockGuard
         ticket = session.local.acquire(name, ()) => ticket?,
     };
     let keys = LockKeys::new(session, name);
-    let pending = PendingKey::new(session, &keys.own, ticket);
+    let pending = PendingKey::new(session, &keys.own, ticket, stamp);
     let acquired = tokio::select! {
         biased;
         err = session.ended() => Err(err),
@@ -91,7 +101,7 @@ pub(crate) async fn try_lock(
         return Ok(None);
     };
     let keys = LockKeys::new(session, name);
-    let pending = PendingKey::new(session, &keys.own, ticket);
+    let pending = PendingKey::new(session, &keys.own, ticket, Stamp::Nonce);
     let queued = enqueue(session, &keys, &pending).await?;
     // Older keys known to stand mean "taken" without another read.
     let owner = queued.owner
@@ -142,7 +152,11 @@ async fn enqueue(
 ) -> Result<Queued, LockError> {
     let link = session.link();
     let keys = keys.clone();
-    let nonce = pending.nonce.clone();
+    let attempt = Attempt {
+        value: pending.value.clone(),
+        is_proposal: pending.is_proposal,
+        revision: Arc::clone(&pending.revision),
+    };
     let sent = Arc::clone(&pending.sent);
     let gate = Arc::clone(&pending.gate);
     let abandoned = Arc::clone(&pending.abandoned);
@@ -154,11 +168,22 @@ async fn enqueue(
     let flight = session.runtime.spawn(async move {
         let _in_flight = gate.lock_owned().await;
         let mut unanswered = false;
-        let queued = queue_attempts(&link, &keys, &nonce, &abandoned, &sent, &mut unanswered).await;
+        let queued =
+            queue_attempts(&link, &keys, &attempt, &abandoned, &sent, &mut unanswered).await;
+        if let Ok(queued) = &queued {
+            attempt.revision.store(queued.revision, Ordering::SeqCst);
+        }
         // An attempt that failed or timed out after it was sent may still be applied later,
         // after this key is gone: the session sweeps for what it would leave behind.
         if unanswered {
-            unsure.note(&link, &local, &runtime, &keys.name, &keys.own, &nonce);
+            unsure.note(
+                &link,
+                &local,
+                &runtime,
+                &keys.name,
+                &keys.own,
+                &attempt.value,
+            );
         }
         queued
     });
@@ -172,12 +197,20 @@ async fn enqueue(
     }
 }
 
+/// One queue attempt's value, and where it records its key's create revision once known.
+struct Attempt {
+    value: Vec<u8>,
+    /// See [`Stamp::Proposal`].
+    is_proposal: bool,
+    revision: Arc<AtomicI64>,
+}
+
 /// The queue attempts of [`enqueue`]. Sets `sent` before the first request goes out, and
 /// `unanswered` once a sent request got no reply (its put may still land).
 async fn queue_attempts(
     link: &Link,
     keys: &LockKeys,
-    nonce: &str,
+    attempt: &Attempt,
     abandoned: &AtomicBool,
     sent: &AtomicBool,
     unanswered: &mut bool,
@@ -190,7 +223,7 @@ async fn queue_attempts(
                 reason: LossReason::Unknown,
             });
         }
-        let txn = queue_txn(link, &keys.own, &keys.prefix, nonce, stale);
+        let txn = queue_txn(link, &keys.own, &keys.prefix, &attempt.value, stale);
         // `retry` calls again only after an attempt that failed or timed out.
         let mut calls = 0;
         let reply = retry::retry(link, "queue for the lock", |mut client| {
@@ -202,7 +235,7 @@ async fn queue_attempts(
         .await;
         *unanswered |= calls > 1 || (calls == 1 && reply.is_err());
         let reply = reply?;
-        match read_queue_reply(&reply, keys, nonce)? {
+        match read_queue_reply(&reply, keys, attempt, calls > 1)? {
             QueueReply::Queued(queued) => return Ok(queued),
             // Our key is there but this attempt did not create it: a hold or withdrawal whose
             // delete may still be in flight. Never adopt it: delete it (guarded by its
@@ -215,10 +248,10 @@ async fn queue_attempts(
 }
 
 /// The queue transaction. With `stale == 0`: if our key is absent, put it with this attempt's
-/// `nonce` and read the newest keys (ours and up to [`TRACK`] + 1 older); else read our key
+/// `value` and read the newest keys (ours and up to [`TRACK`] + 1 older); else read our key
 /// and the newest. With `stale > 0`: delete
 /// our key if it still has that create revision, and read it back.
-fn queue_txn(link: &Link, own: &str, prefix: &str, nonce: &str, stale: i64) -> Txn {
+fn queue_txn(link: &Link, own: &str, prefix: &str, value: &[u8], stale: i64) -> Txn {
     if stale > 0 {
         return Txn::new()
             .when([Compare::create_revision(own, CompareOp::Equal, stale)])
@@ -235,7 +268,7 @@ fn queue_txn(link: &Link, own: &str, prefix: &str, nonce: &str, stale: i64) -> T
         .and_then([
             TxnOp::put(
                 own,
-                nonce,
+                value,
                 Some(PutOptions::new().with_lease(link.lease_id)),
             ),
             TxnOp::get(prefix, Some(newest.clone())),
@@ -253,10 +286,13 @@ enum QueueReply {
     Gone,
 }
 
+/// A key of ours the put branch did not create is the attempt's own when it carries a lock's
+/// unique value, or a campaign's proposal after a `retried` request (see [`Stamp::Proposal`]).
 fn read_queue_reply(
     reply: &TxnResponse,
     keys: &LockKeys,
-    nonce: &str,
+    attempt: &Attempt,
+    retried: bool,
 ) -> Result<QueueReply, LockError> {
     let own = keys.own.as_str();
     let header = reply.header().map_or(0, |h| h.revision());
@@ -266,7 +302,7 @@ fn read_queue_reply(
         Some(TxnOpResponse::Put(_)) => None,
         Some(TxnOpResponse::Get(own)) => match own.kvs().first() {
             None => return Ok(QueueReply::Gone),
-            Some(kv) if kv.value() != nonce.as_bytes() => {
+            Some(kv) if kv.value() != attempt.value || (attempt.is_proposal && !retried) => {
                 return Ok(QueueReply::Stale(kv.create_revision()))
             }
             Some(kv) => Some(kv.create_revision()),

@@ -12,6 +12,7 @@ use tokio::runtime::Handle;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::EtcdConfig;
+use crate::election::Observed;
 use crate::error::{from_etcd, is_lease_gone};
 use crate::hub::WatchHub;
 use crate::retry::{attempt_timeout, Backoff};
@@ -29,6 +30,8 @@ pub(crate) struct Session {
     pub(crate) local: Arc<LockTable<()>>,
     /// Queue puts that may still land after their attempt gave up (see `sweep.rs`).
     pub(crate) unsure: Arc<UnsurePuts>,
+    /// The leader feeds of the names this session observes (see `election.rs`).
+    pub(crate) observed: Arc<Observed>,
 }
 
 /// The client, the lease and the session's end signal: what a hold needs to release itself
@@ -140,6 +143,7 @@ impl Session {
             runtime,
             local: LockTable::new(),
             unsure: Arc::default(),
+            observed: Arc::default(),
         }))
     }
 

@@ -30,7 +30,7 @@ fn remembered_for(ttl: Duration) -> Duration {
 struct Unsure {
     name: String,
     key: String,
-    value: String,
+    value: Vec<u8>,
     until: Instant,
 }
 
@@ -56,7 +56,7 @@ impl UnsurePuts {
         runtime: &Handle,
         name: &str,
         key: &str,
-        value: &str,
+        value: &[u8],
     ) {
         let start = {
             let mut state = self.state.lock();
@@ -75,7 +75,7 @@ impl UnsurePuts {
 
     /// The attempts to look at now; forgets those past their time. `None` (and the sweep
     /// stops) when none is left.
-    fn due(&self) -> Option<Vec<(String, String, String)>> {
+    fn due(&self) -> Option<Vec<(String, String, Vec<u8>)>> {
         let mut state = self.state.lock();
         let now = Instant::now();
         state.attempts.retain(|attempt| attempt.until > now);

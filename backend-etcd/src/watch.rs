@@ -71,7 +71,9 @@ pub(crate) async fn deleted_since(link: &Link, key: &[u8], from_revision: i64) -
 fn outcome(notice: Notice) -> Watched {
     match notice {
         Notice::Deleted => Watched::Deleted,
-        Notice::Created | Notice::Deletes(_) | Notice::Reread => Watched::Reread,
+        Notice::Created | Notice::Deletes(_) | Notice::Changes(_) | Notice::Reread => {
+            Watched::Reread
+        }
     }
 }
 

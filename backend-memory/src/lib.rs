@@ -33,6 +33,7 @@
 //! - Time follows tokio's clock: `tokio::time::pause()` makes TTL tests instant.
 #![warn(missing_docs)]
 
+mod election;
 mod session;
 mod store;
 

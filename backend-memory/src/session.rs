@@ -11,6 +11,7 @@ use locksmith_api::{
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
+use crate::election::Candidate;
 use crate::store::{HoldTag, MemoryStore};
 
 /// One client session on a [`MemoryStore`]; implements [`DistributedLock`].
@@ -101,23 +102,50 @@ impl MemoryLock {
         let _ = self.session.keeper.send(pause);
     }
 
-    fn check_alive(&self) -> Result<(), LockError> {
+    pub(crate) fn check_alive(&self) -> Result<(), LockError> {
         match self.session.ended_watch.reason() {
             Some(reason) => Err(self.session.lost_error(reason)),
             None => Ok(()),
         }
     }
 
-    fn tag(&self) -> (HoldTag, LostWatch) {
+    /// A new table entry of this session: a lock, or a campaign when `candidate` is given.
+    pub(crate) fn tag(&self, candidate: Option<Arc<Candidate>>) -> (HoldTag, LostWatch) {
         let (lost, watch) = LostSignal::new();
         let tag = HoldTag {
             session: self.session.id,
             lost,
+            candidate,
         };
         (tag, watch)
     }
 
-    fn guard(&self, ticket: Ticket<HoldTag>, tag: HoldTag, watch: LostWatch) -> LockGuard {
+    /// Waits in the name's queue for `tag`'s turn, failing when the session ends first.
+    pub(crate) async fn enqueue(
+        &self,
+        name: &str,
+        tag: &HoldTag,
+    ) -> Result<Ticket<HoldTag>, LockError> {
+        let table = self.session.store.table();
+        // The queue first: a free lock is taken without registering for the session's end.
+        let ticket = tokio::select! {
+            biased;
+            ticket = table.acquire(name, tag.clone()) => ticket?,
+            reason = self.session.ended_watch.wait() => {
+                return Err(self.session.lost_error(reason));
+            }
+        };
+        // The session may have ended in the same instant; the ticket then goes back.
+        self.check_alive()?;
+        Ok(ticket)
+    }
+
+    pub(crate) fn guard(
+        &self,
+        ticket: Ticket<HoldTag>,
+        tag: HoldTag,
+        watch: LostWatch,
+    ) -> LockGuard {
         LockGuard::with_session_key(
             Arc::clone(ticket.shared_name()),
             self.session.id,
@@ -145,6 +173,9 @@ impl Session {
             },
             || self.lost_error(reason),
         );
+        self.store
+            .elections()
+            .end_session(id, || self.lost_error(reason));
     }
 
     fn lost_error(&self, reason: LossReason) -> LockError {
@@ -244,25 +275,15 @@ impl DistributedLock for MemoryLock {
     async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
         validate_name(name)?;
         self.check_alive()?;
-        let (tag, watch) = self.tag();
-        let table = self.session.store.table();
-        // The queue first: a free lock is taken without registering for the session's end.
-        let ticket = tokio::select! {
-            biased;
-            ticket = table.acquire(name, tag.clone()) => ticket?,
-            reason = self.session.ended_watch.wait() => {
-                return Err(self.session.lost_error(reason));
-            }
-        };
-        // The session may have ended in the same instant; the ticket then goes back.
-        self.check_alive()?;
+        let (tag, watch) = self.tag(None);
+        let ticket = self.enqueue(name, &tag).await?;
         Ok(self.guard(ticket, tag, watch))
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
         validate_name(name)?;
         self.check_alive()?;
-        let (tag, watch) = self.tag();
+        let (tag, watch) = self.tag(None);
         let Some(ticket) = self.session.store.table().try_acquire(name, tag.clone()) else {
             return Ok(None);
         };

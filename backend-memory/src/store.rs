@@ -8,6 +8,7 @@ use std::time::Duration;
 use locksmith_api::{LockError, LockTable, LossReason, LostSignal};
 use parking_lot::Mutex;
 
+use crate::election::{Candidate, Elections};
 use crate::session::MemoryLock;
 
 /// The default session TTL, as Go's `concurrency.Session`.
@@ -22,6 +23,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 pub(crate) struct HoldTag {
     pub(crate) session: u64,
     pub(crate) lost: LostSignal,
+    /// The proclaimed value of a campaign; `None` for a plain lock.
+    pub(crate) candidate: Option<Arc<Candidate>>,
 }
 
 /// An in-process lock store: every [`MemoryLock`] connected to one store excludes every
@@ -37,6 +40,8 @@ pub struct MemoryStore {
 
 struct StoreInner {
     table: Arc<LockTable<HoldTag>>,
+    /// The observers of each name; told of every holder change by the table's hook.
+    elections: Arc<Elections>,
     last_session: AtomicU64,
 }
 
@@ -49,9 +54,15 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// A new, private store.
     pub fn new() -> Self {
+        let elections = Arc::new(Elections::default());
+        let table = {
+            let elections = Arc::clone(&elections);
+            LockTable::with_holder_hook(move |name, holder| elections.holder_changed(name, holder))
+        };
         MemoryStore {
             inner: Arc::new(StoreInner {
-                table: LockTable::new(),
+                table,
+                elections,
                 last_session: AtomicU64::new(0),
             }),
         }
@@ -106,7 +117,8 @@ impl MemoryStore {
     }
 
     /// Removes the current holder of `name`, as an operator deleting its key would: the
-    /// holder's guard reports [`LossReason::Deleted`] and the next waiter acquires.
+    /// holder's guard (or leadership) reports [`LossReason::Deleted`] and the next waiter (or
+    /// candidate) acquires; observers see the next leader, or `None`.
     /// Returns false when nobody held `name`.
     pub fn revoke(&self, name: &str) -> bool {
         self.inner.table.evict_holder(name, |tag| {
@@ -127,6 +139,10 @@ impl MemoryStore {
 
     pub(crate) fn table(&self) -> &Arc<LockTable<HoldTag>> {
         &self.inner.table
+    }
+
+    pub(crate) fn elections(&self) -> &Arc<Elections> {
+        &self.inner.elections
     }
 }
 

@@ -21,6 +21,13 @@ pub struct LockTable<T> {
     state: Mutex<TableState<T>>,
 }
 
+/// A function the table calls, under its lock, each time the holder of a name changes: with
+/// the new holder's tag and token, or `None` when the name falls free.
+///
+/// It runs with the table locked, so the calls are in the order of the changes; it must not
+/// call back into the table (that would deadlock) and should be quick.
+pub type HolderHook<T> = Box<dyn Fn(&str, Option<(&T, FencingToken)>) + Send + Sync>;
+
 /// Lock names are short and looked up on every lock and unlock: hashbrown's seeded foldhash,
 /// not SipHash, and `entry_ref` so a name is copied only when its queue is created.
 type Names<T> = hashbrown::HashMap<String, NameQueue<T>>;
@@ -31,6 +38,7 @@ struct TableState<T> {
     idle: VecDeque<Arc<str>>,
     next_ticket: u64,
     last_token: u64,
+    on_holder_change: Option<HolderHook<T>>,
 }
 
 struct NameQueue<T> {
@@ -49,6 +57,7 @@ const IDLE_KEPT: usize = 64;
 struct Holder<T> {
     ticket: u64,
     tag: T,
+    token: FencingToken,
 }
 
 struct Waiter<T> {
@@ -60,12 +69,25 @@ struct Waiter<T> {
 impl<T: Clone + Send + 'static> LockTable<T> {
     /// An empty table whose fencing tokens start at 1.
     pub fn new() -> Arc<Self> {
+        Self::build(None)
+    }
+
+    /// An empty table that calls `on_holder_change` (under its lock, in the order of the
+    /// changes) whenever the holder of a name changes; see [`HolderHook`].
+    pub fn with_holder_hook(
+        on_holder_change: impl Fn(&str, Option<(&T, FencingToken)>) + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Self::build(Some(Box::new(on_holder_change)))
+    }
+
+    fn build(on_holder_change: Option<HolderHook<T>>) -> Arc<Self> {
         Arc::new(LockTable {
             state: Mutex::new(TableState {
                 names: Names::default(),
                 idle: VecDeque::new(),
                 next_ticket: 0,
                 last_token: 0,
+                on_holder_change,
             }),
         })
     }
@@ -85,6 +107,7 @@ impl<T: Clone + Send + 'static> LockTable<T> {
             let (queue, last_token) = state.queue(name);
             if queue.is_idle() {
                 let (shared, token) = queue.take(ticket, tag, last_token);
+                state.holder_changed(&shared);
                 return Ok(self.ticket(shared, ticket, token));
             }
             let (tx, rx) = oneshot::channel();
@@ -123,6 +146,7 @@ impl<T: Clone + Send + 'static> LockTable<T> {
             return None;
         }
         let (shared, token) = queue.take(ticket, tag, last_token);
+        state.holder_changed(&shared);
         Some(self.ticket(shared, ticket, token))
     }
 
@@ -148,16 +172,15 @@ impl<T: Clone + Send + 'static> LockTable<T> {
             .map(|(_, q)| Arc::clone(&q.name))
             .collect();
         for name in names {
-            let Some(queue) = state.names.get_mut(&*name) else {
-                continue;
-            };
-            for waiter in extract(&mut queue.waiters, |w| matches(&w.tag)) {
-                let _ = waiter.wake.send(Err(error()));
-            }
-            if let Some(holder) = queue.holder.take_if(|h| matches(&h.tag)) {
-                on_evicted(&name, &holder.tag);
-            }
-            state.hand_over(&name);
+            state.change(&name, |queue| {
+                for waiter in extract(&mut queue.waiters, |w| matches(&w.tag)) {
+                    let _ = waiter.wake.send(Err(error()));
+                }
+                if let Some(holder) = queue.holder.take_if(|h| matches(&h.tag)) {
+                    on_evicted(&name, &holder.tag);
+                }
+                true
+            });
         }
     }
 
@@ -165,13 +188,15 @@ impl<T: Clone + Send + 'static> LockTable<T> {
     /// passes the lock on; `on_evicted` sees the removed holder's tag before the next waiter
     /// owns the lock. Returns false when nobody held `name`.
     pub fn evict_holder(&self, name: &str, on_evicted: impl FnOnce(&T)) -> bool {
-        let mut state = self.state.lock();
-        let Some(holder) = state.names.get_mut(name).and_then(|q| q.holder.take()) else {
-            return false;
-        };
-        on_evicted(&holder.tag);
-        state.hand_over(name);
-        true
+        self.state
+            .lock()
+            .change(name, |queue| match queue.holder.take() {
+                Some(holder) => {
+                    on_evicted(&holder.tag);
+                    true
+                }
+                None => false,
+            })
     }
 
     /// The tag of the current holder of `name`.
@@ -183,6 +208,19 @@ impl<T: Clone + Send + 'static> LockTable<T> {
             .holder
             .as_ref()
             .map(|h| h.tag.clone())
+    }
+
+    /// Runs `read` on the current holder of `name` (its tag and token), with the table locked:
+    /// no holder change can come between what `read` sees and what it does. `read` must not
+    /// call back into the table (that would deadlock).
+    pub fn with_holder<R>(
+        &self,
+        name: &str,
+        read: impl FnOnce(Option<(&T, FencingToken)>) -> R,
+    ) -> R {
+        let state = self.state.lock();
+        let holder = state.names.get(name).and_then(|q| q.holder.as_ref());
+        read(holder.map(|h| (&h.tag, h.token)))
     }
 
     /// How many entries `name` has: its holder (if any) plus its waiters.
@@ -246,32 +284,42 @@ impl<T> TableState<T> {
         self.next_ticket
     }
 
-    /// If `name` is free, gives it to the first waiter still listening, or lists the name
-    /// as idle when nobody waits.
-    fn hand_over(&mut self, name: &str) {
-        self.change(name, |_| true);
-    }
-
     /// Applies `change` to the queue of `name` (one lookup) and, if it reports a change, passes
-    /// the lock on as [`hand_over`](Self::hand_over) does. Returns what `change` returned;
+    /// the lock on as [`NameQueue::hand_over`] does. Returns what `change` returned;
     /// false for a name nobody uses.
     fn change(&mut self, name: &str, change: impl FnOnce(&mut NameQueue<T>) -> bool) -> bool {
         let TableState {
             names,
             idle,
             last_token,
+            on_holder_change,
             ..
         } = self;
         let Some(queue) = names.get_mut(name) else {
             return false;
         };
+        let before = queue.holder.as_ref().map(|h| h.ticket);
         if !change(queue) {
             return false;
         }
-        if queue.hand_over(last_token, idle) && idle.len() > IDLE_KEPT {
+        let freed = queue.hand_over(last_token, idle);
+        if let Some(hook) = on_holder_change {
+            if queue.holder.as_ref().map(|h| h.ticket) != before {
+                hook(name, queue.holder.as_ref().map(|h| (&h.tag, h.token)));
+            }
+        }
+        if freed && idle.len() > IDLE_KEPT {
             self.trim_idle();
         }
         true
+    }
+
+    /// Tells the hook (if any) who holds `name` now.
+    fn holder_changed(&self, name: &str) {
+        if let Some(hook) = &self.on_holder_change {
+            let holder = self.names.get(name).and_then(|q| q.holder.as_ref());
+            hook(name, holder.map(|h| (&h.tag, h.token)));
+        }
     }
 
     /// Forgets the oldest idle names beyond [`IDLE_KEPT`], so names nobody uses cost at most
@@ -307,8 +355,9 @@ impl<T> NameQueue<T> {
 
     /// Makes `ticket` the holder; returns the shared name and the hold's fencing token.
     fn take(&mut self, ticket: u64, tag: T, last_token: &mut u64) -> (Arc<str>, FencingToken) {
-        self.holder = Some(Holder { ticket, tag });
-        (Arc::clone(&self.name), next_token(last_token))
+        let token = next_token(last_token);
+        self.holder = Some(Holder { ticket, tag, token });
+        (Arc::clone(&self.name), token)
     }
 
     /// If free, gives the lock to the first waiter still listening; true when it stays free
@@ -328,6 +377,7 @@ impl<T> NameQueue<T> {
                 self.holder = Some(Holder {
                     ticket: waiter.ticket,
                     tag: waiter.tag,
+                    token,
                 });
                 return false;
             }
@@ -584,6 +634,48 @@ mod tests {
         let other = table.try_acquire("a", 1).unwrap();
         drop(ticket); // must not release `other`
         assert!(other.is_held());
+    }
+
+    /// The hook sees every holder change, in order, with the new holder's token.
+    #[tokio::test]
+    async fn the_hook_sees_every_holder_change() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let table = {
+            let seen = Arc::clone(&seen);
+            LockTable::<u32>::with_holder_hook(move |name, holder| {
+                seen.lock().push((
+                    name.to_owned(),
+                    holder.map(|(tag, token)| (*tag, token.get())),
+                ));
+            })
+        };
+        let first = table.acquire("a", 1).await.unwrap();
+        let waiter = {
+            let table = Arc::clone(&table);
+            tokio::spawn(async move { table.acquire("a", 2).await })
+        };
+        while table.queue_len("a") < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(table.with_holder("a", |h| h.map(|(tag, _)| *tag)), Some(1));
+        drop(first);
+        let second = waiter.await.unwrap().unwrap();
+        assert!(table.evict_holder("a", |_| {}));
+        assert!(!second.is_held());
+        let third = table.try_acquire("a", 3).unwrap();
+        table.evict_where(|tag| *tag == 3, |_, _| {}, || LockError::config("gone"));
+        assert!(!third.is_held());
+        let a = |holder: Option<(u32, u64)>| ("a".to_owned(), holder);
+        assert_eq!(
+            *seen.lock(),
+            vec![
+                a(Some((1, 1))),
+                a(Some((2, 2))),
+                a(None),
+                a(Some((3, 3))),
+                a(None)
+            ]
+        );
     }
 
     fn futures_poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {

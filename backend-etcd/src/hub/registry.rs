@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use etcd_client::{EventType, WatchFilterType, WatchOptions, WatchResponse};
 use tokio::sync::mpsc;
 
-use super::{Deletion, Notice};
+use super::{Change, Deletion, Notice};
 
 /// What one server watch covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,10 +15,12 @@ pub(crate) struct Target {
     /// The key, or the first key of a range.
     pub(crate) key: Vec<u8>,
     /// Empty for one key; else the end of the range `[key, range_end)`, watched for deletes
-    /// only (puts are filtered out by etcd).
+    /// only (puts are filtered out by etcd) unless `puts`.
     pub(crate) range_end: Vec<u8>,
     /// The first revision watched; 0: from now.
     pub(crate) from: i64,
+    /// For a range: its subscriber hears every put too, as [`Notice::Changes`].
+    pub(crate) puts: bool,
 }
 
 impl Target {
@@ -30,12 +32,12 @@ impl Target {
     /// The watch options of this target's create request (the key goes separately).
     pub(super) fn options(&self) -> WatchOptions {
         let options = WatchOptions::new().with_start_revision(self.from);
-        if self.is_range() {
-            options
+        match (self.is_range(), self.puts) {
+            (false, _) => options,
+            (true, true) => options.with_range(self.range_end.clone()),
+            (true, false) => options
                 .with_range(self.range_end.clone())
-                .with_filters([WatchFilterType::NoPut])
-        } else {
-            options
+                .with_filters([WatchFilterType::NoPut]),
         }
     }
 }
@@ -62,6 +64,8 @@ pub(super) struct Reply {
     pub(super) revision: i64,
     /// The reply's delete events, in revision order.
     pub(super) deletes: Vec<Deletion>,
+    /// Every event of the reply, puts and deletes, in revision order.
+    pub(super) changes: Vec<Change>,
 }
 
 impl From<&WatchResponse> for Reply {
@@ -82,6 +86,24 @@ impl From<&WatchResponse> for Reply {
                     revision: kv.mod_revision(),
                 })
                 .collect(),
+            changes: response
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    let deleted = event.event_type() == EventType::Delete;
+                    Some(Change {
+                        key: kv.key().to_vec(),
+                        value: if deleted {
+                            Vec::new()
+                        } else {
+                            kv.value().to_vec()
+                        },
+                        create_revision: if deleted { 0 } else { kv.create_revision() },
+                        revision: kv.mod_revision(),
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -91,6 +113,8 @@ struct Watcher {
     notices: mpsc::UnboundedSender<Notice>,
     /// True for a range: it hears every delete and ends only when its subscriber leaves.
     streams: bool,
+    /// True for a range watched with its puts: it hears [`Notice::Changes`].
+    changes: bool,
     /// The server's ids of this subscriber's watches, once created.
     watch_ids: Vec<i64>,
     /// The revision etcd reported when creating the first watch.
@@ -121,6 +145,7 @@ impl Registry {
     ) {
         let creates = if target.from == 0 { 2 } else { 1 };
         let streams = target.is_range();
+        let changes = streams && target.puts;
         for _ in 0..creates {
             self.creating.push_back(id);
             self.outbox.push_back(Request::Create(target.clone()));
@@ -130,6 +155,7 @@ impl Registry {
             Watcher {
                 notices,
                 streams,
+                changes,
                 watch_ids: Vec::new(),
                 first_created_at: None,
                 creates_left: creates,
@@ -176,6 +202,11 @@ impl Registry {
                 watcher.watch_ids.retain(|w| *w != reply.watch_id);
             }
             self.end(id, Notice::Reread);
+        } else if let Some(watcher) = self.watchers.get(&id).filter(|w| w.changes) {
+            // A range with its puts: every event, once the watch exists.
+            if watcher.creates_left == 0 && !reply.changes.is_empty() {
+                let _ = watcher.notices.send(Notice::Changes(reply.changes));
+            }
         } else if !reply.deletes.is_empty() {
             match self.watchers.get(&id) {
                 // A range's watches (the first and a twin) each report every delete: each one
@@ -280,6 +311,7 @@ mod tests {
             key: b"k".to_vec(),
             range_end: Vec::new(),
             from,
+            puts: false,
         };
         registry.subscribe(id, target, notices);
         heard
@@ -295,6 +327,7 @@ mod tests {
             key: b"q/a".to_vec(),
             range_end: b"q/z".to_vec(),
             from: 0,
+            puts: false,
         };
         registry.subscribe(id, target.clone(), notices);
         (target, heard)

@@ -150,3 +150,27 @@ impl SessionFactory for Etcd {
         direct_children(self.keys(name).await, &prefix)
     }
 }
+
+/// `fut`, or a panic naming `what` after [`GUARD`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what} took longer than {GUARD:?}"),
+    }
+}
+
+/// Waits until the keys of `name` are exactly `expected` (sorted).
+pub async fn keys_become(etcd: &Etcd, name: &str, mut expected: Vec<String>) {
+    expected.sort();
+    within("the queue to settle", async {
+        loop {
+            let mut keys = etcd.keys(name).await;
+            keys.sort();
+            if keys == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
