@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "memory")]
-use crate::MemoryStore;
-use crate::{DistributedLock, LockError};
+use crate::{MemoryLock, MemoryStore};
+use crate::{Coordination, DistributedLock, LockError};
 #[cfg(feature = "etcd")]
 use crate::{EtcdConfig, EtcdLock};
 
@@ -124,18 +124,13 @@ fn default_ttl_secs() -> u64 {
 
 impl MemoryConfig {
     #[cfg(feature = "memory")]
-    fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+    fn connect(&self) -> Result<MemoryLock, LockError> {
         let store = match &self.store {
             Some(name) => MemoryStore::named(name),
             None => MemoryStore::global(),
         };
         let ttl = std::time::Duration::from_secs(self.ttl_secs);
-        Ok(Arc::new(store.connect_with_ttl(ttl)?))
-    }
-
-    #[cfg(not(feature = "memory"))]
-    fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
-        Err(LockError::config(missing_feature("memory")))
+        store.connect_with_ttl(ttl)
     }
 }
 
@@ -205,7 +200,43 @@ impl LockConfig {
     /// Cancel-safe: a session that was being opened is closed again.
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
         match self {
-            LockConfig::Memory(config) => config.connect(),
+            #[cfg(feature = "memory")]
+            LockConfig::Memory(config) => Ok(Arc::new(config.connect()?)),
+            #[cfg(not(feature = "memory"))]
+            LockConfig::Memory(_) => Err(LockError::config(missing_feature("memory"))),
+            #[cfg(feature = "etcd")]
+            LockConfig::Etcd(config) => Ok(Arc::new(EtcdLock::connect(config).await?)),
+        }
+    }
+
+    /// Opens a new client session on the configured backend offering every primitive: locks
+    /// ([`DistributedLock`]) and leader election ([`LeaderElection`](crate::LeaderElection)).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let session = locksmith::LockConfig::from_url("memory://docs-coordination")?
+    ///     .connect_coordination()
+    ///     .await?;
+    /// let leading = session.campaign("scheduler", b"host-a").await?;
+    /// assert_eq!(session.leader("scheduler").await?, Some(leading.info()));
+    /// let guard = session.lock("reports").await?;
+    /// guard.unlock().await?;
+    /// leading.resign().await?;
+    /// # Ok::<(), locksmith::LockError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    ///
+    /// # Cancel safety
+    /// As [`connect`](Self::connect).
+    pub async fn connect_coordination(&self) -> Result<Arc<dyn Coordination>, LockError> {
+        match self {
+            #[cfg(feature = "memory")]
+            LockConfig::Memory(config) => Ok(Arc::new(config.connect()?)),
+            #[cfg(not(feature = "memory"))]
+            LockConfig::Memory(_) => Err(LockError::config(missing_feature("memory"))),
             #[cfg(feature = "etcd")]
             LockConfig::Etcd(config) => Ok(Arc::new(EtcdLock::connect(config).await?)),
         }
