@@ -1,20 +1,27 @@
-//! `locksmith`: take a lock from the command line, like `etcdctl lock`.
+//! `locksmith`: take a lock or lead a name from the command line, like `etcdctl lock` and
+//! `etcdctl elect`.
 //!
 //! ```text
 //! locksmith --url etcd://127.0.0.1:2379/ lock NAME -- CMD ARGS...   # hold while CMD runs
 //! locksmith --url etcd://127.0.0.1:2379/ lock NAME                  # print the key, hold until SIGINT/SIGTERM
+//! locksmith --url etcd://127.0.0.1:2379/ elect NAME VALUE -- CMD    # lead while CMD runs
+//! locksmith --url etcd://127.0.0.1:2379/ elect NAME VALUE           # print key and value, lead until SIGINT/SIGTERM
+//! locksmith --url etcd://127.0.0.1:2379/ elect --listen NAME        # print the leader and each change
 //! ```
 
 mod command;
+mod elect;
 mod signals;
 
+use std::ffi::OsString;
 use std::fmt;
+use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use locksmith::{DistributedLock, LockConfig, LockError, LockGuard};
+use locksmith::{DistributedLock, LockConfig, LockError, LossReason};
 
 use signals::Signals;
 
@@ -56,6 +63,41 @@ enum Commands {
         /// The lock name.
         name: String,
         /// The command to run while holding the lock (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+
+    /// Campaigns to lead NAME, as `etcdctl elect` does, or prints who leads it (--listen).
+    ///
+    /// Campaigning: waits behind earlier candidates (first come, first served), then leads
+    /// with PROPOSAL as its value. With a command: runs it while leading (with LOCKSMITH_KEY
+    /// and LOCKSMITH_FENCING_TOKEN in its environment) and exits with its status. Without:
+    /// prints the leader key, then the value (one line each), and leads until SIGINT or
+    /// SIGTERM, then resigns. A signal while campaigning withdraws the candidate.
+    /// If leadership is lost (session expired or revoked, key deleted), the command gets
+    /// SIGTERM and locksmith exits with status 1 and a one-line message naming NAME and why.
+    ///
+    /// Listening (--listen): prints the leader now, then one line per change, until SIGINT
+    /// or SIGTERM (status 0); status 1 with a message if observing fails:
+    ///   KEY<TAB>FENCING_TOKEN<TAB>VALUE   someone leads (a new leader or a new value)
+    ///   <none>                            nobody leads
+    /// The token is the same for every value of one leadership and grows with each leader.
+    ///
+    /// Values print as text on one line: \\ \n \r \t are escaped, other control characters
+    /// print as \u{HEX} and bytes that are not UTF-8 as \xHH.
+    #[command(verbatim_doc_comment)]
+    Elect {
+        /// Print the leader and each change instead of campaigning.
+        #[arg(short = 'l', long, conflicts_with_all = ["proposal", "command"])]
+        listen: bool,
+        /// The election name.
+        name: String,
+        /// The value to lead with (required unless --listen).
+        #[arg(required_unless_present = "listen")]
+        proposal: Option<OsString>,
+        /// The command to run while leading (after `--`).
         #[arg(last = true)]
         command: Vec<String>,
         #[command(flatten)]
@@ -106,6 +148,13 @@ impl Held {
             name: name.to_owned(),
         }
     }
+
+    fn leadership(name: &str) -> Self {
+        Held {
+            what: "leadership of",
+            name: name.to_owned(),
+        }
+    }
 }
 
 impl fmt::Display for Held {
@@ -126,6 +175,26 @@ async fn main() -> ExitCode {
             Ok(session) => {
                 let outcome = lock(&session, &name, &command, &run).await;
                 // Revoke the session before exiting: background cleanup would not outlive main.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
+                outcome
+            }
+            Err(err) => err.into(),
+        },
+        Commands::Elect {
+            listen,
+            name,
+            proposal,
+            command,
+            run,
+        } => match config.connect_coordination().await {
+            Ok(session) => {
+                let outcome = match proposal {
+                    Some(proposal) if !listen => {
+                        use std::os::unix::ffi::OsStrExt;
+                        elect::campaign(&session, &name, proposal.as_bytes(), &command, &run).await
+                    }
+                    _ => elect::listen(&session, &name).await,
+                };
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
                 outcome
             }
@@ -169,7 +238,7 @@ async fn lock(
             command::run_while_held(&guard, &held, program, args, run.kill_after, &mut stop).await
         }
         None => match print_lines(&[guard.key()]) {
-            Ok(()) => hold_until_signal(&guard, &held, &mut stop).await,
+            Ok(()) => hold_until_signal(guard.lost(), &held, &mut stop).await,
             Err(outcome) => outcome,
         },
     };
@@ -184,11 +253,15 @@ fn release(released: Result<(), LockError>, outcome: Outcome) -> Outcome {
     }
 }
 
-/// Holds until SIGINT or SIGTERM (success) or a loss (failure).
-async fn hold_until_signal(guard: &LockGuard, held: &Held, stop: &mut Signals) -> Outcome {
+/// Holds until SIGINT or SIGTERM (success) or `lost` (failure).
+async fn hold_until_signal(
+    lost: impl Future<Output = LossReason>,
+    held: &Held,
+    stop: &mut Signals,
+) -> Outcome {
     tokio::select! {
         _ = stop.recv() => Outcome::Exit(0),
-        reason = guard.lost() => Outcome::Failed(format!("{held} lost ({reason})")),
+        reason = lost => Outcome::Failed(format!("{held} lost ({reason})")),
     }
 }
 
