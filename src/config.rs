@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "memory")]
-use crate::{MemoryLock, MemoryStore};
 use crate::{Coordination, DistributedLock, LockError};
 #[cfg(feature = "etcd")]
 use crate::{EtcdConfig, EtcdLock};
+#[cfg(feature = "memory")]
+use crate::{MemoryLock, MemoryStore};
 
 mod url;
 pub use self::url::redact_url;
