@@ -33,7 +33,7 @@
 //! Implement [`DistributedLock`] for a client session: validate names with
 //! [`validate_name`], return a [`LockGuard`] built from a [`Hold`] (how to release) and a
 //! [`LostWatch`] (how the guard learns of a loss), and run the
-//! [`conformance`] suite from your tests. For leader election, build a [`Leadership`] from such
+//! `conformance` suite (feature `conformance`) from your tests. For leader election, build a [`Leadership`] from such
 //! a guard and a [`Proclaim`], and serve observers from a [`LeaderFeed`] per observed name.
 #![warn(missing_docs)]
 
