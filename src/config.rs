@@ -97,6 +97,14 @@ impl TryFrom<ConfigDocument> for LockConfig {
     }
 }
 
+/// A session of one of the backends this build has.
+enum Opened {
+    #[cfg(feature = "memory")]
+    Memory(MemoryLock),
+    #[cfg(feature = "etcd")]
+    Etcd(EtcdLock),
+}
+
 /// The message for a backend this build was compiled without.
 #[cfg(not(all(feature = "etcd", feature = "memory")))]
 fn missing_feature(backend: &str) -> String {
@@ -199,14 +207,12 @@ impl LockConfig {
     /// # Cancel safety
     /// Cancel-safe: a session that was being opened is closed again.
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
-        match self {
+        Ok(match self.open().await? {
             #[cfg(feature = "memory")]
-            LockConfig::Memory(config) => Ok(Arc::new(config.connect()?)),
-            #[cfg(not(feature = "memory"))]
-            LockConfig::Memory(_) => Err(LockError::config(missing_feature("memory"))),
+            Opened::Memory(session) => Arc::new(session),
             #[cfg(feature = "etcd")]
-            LockConfig::Etcd(config) => Ok(Arc::new(EtcdLock::connect(config).await?)),
-        }
+            Opened::Etcd(session) => Arc::new(session),
+        })
     }
 
     /// Opens a new client session on the configured backend offering every primitive: locks
@@ -232,13 +238,23 @@ impl LockConfig {
     /// # Cancel safety
     /// As [`connect`](Self::connect).
     pub async fn connect_coordination(&self) -> Result<Arc<dyn Coordination>, LockError> {
+        Ok(match self.open().await? {
+            #[cfg(feature = "memory")]
+            Opened::Memory(session) => Arc::new(session),
+            #[cfg(feature = "etcd")]
+            Opened::Etcd(session) => Arc::new(session),
+        })
+    }
+
+    /// Opens a session of the configured backend.
+    async fn open(&self) -> Result<Opened, LockError> {
         match self {
             #[cfg(feature = "memory")]
-            LockConfig::Memory(config) => Ok(Arc::new(config.connect()?)),
+            LockConfig::Memory(config) => Ok(Opened::Memory(config.connect()?)),
             #[cfg(not(feature = "memory"))]
             LockConfig::Memory(_) => Err(LockError::config(missing_feature("memory"))),
             #[cfg(feature = "etcd")]
-            LockConfig::Etcd(config) => Ok(Arc::new(EtcdLock::connect(config).await?)),
+            LockConfig::Etcd(config) => Ok(Opened::Etcd(EtcdLock::connect(config).await?)),
         }
     }
 }
