@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "memory")]
-use crate::MemoryStore;
-use crate::{DistributedLock, LockError};
+use crate::{Coordination, DistributedLock, LockError};
 #[cfg(feature = "etcd")]
 use crate::{EtcdConfig, EtcdLock};
+#[cfg(feature = "memory")]
+use crate::{MemoryLock, MemoryStore};
 
 mod url;
 pub use self::url::redact_url;
@@ -97,6 +97,14 @@ impl TryFrom<ConfigDocument> for LockConfig {
     }
 }
 
+/// A session of one of the backends this build has.
+enum Opened {
+    #[cfg(feature = "memory")]
+    Memory(MemoryLock),
+    #[cfg(feature = "etcd")]
+    Etcd(EtcdLock),
+}
+
 /// The message for a backend this build was compiled without.
 #[cfg(not(all(feature = "etcd", feature = "memory")))]
 fn missing_feature(backend: &str) -> String {
@@ -124,18 +132,13 @@ fn default_ttl_secs() -> u64 {
 
 impl MemoryConfig {
     #[cfg(feature = "memory")]
-    fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+    fn connect(&self) -> Result<MemoryLock, LockError> {
         let store = match &self.store {
             Some(name) => MemoryStore::named(name),
             None => MemoryStore::global(),
         };
         let ttl = std::time::Duration::from_secs(self.ttl_secs);
-        Ok(Arc::new(store.connect_with_ttl(ttl)?))
-    }
-
-    #[cfg(not(feature = "memory"))]
-    fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
-        Err(LockError::config(missing_feature("memory")))
+        store.connect_with_ttl(ttl)
     }
 }
 
@@ -204,10 +207,54 @@ impl LockConfig {
     /// # Cancel safety
     /// Cancel-safe: a session that was being opened is closed again.
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
-        match self {
-            LockConfig::Memory(config) => config.connect(),
+        Ok(match self.open().await? {
+            #[cfg(feature = "memory")]
+            Opened::Memory(session) => Arc::new(session),
             #[cfg(feature = "etcd")]
-            LockConfig::Etcd(config) => Ok(Arc::new(EtcdLock::connect(config).await?)),
+            Opened::Etcd(session) => Arc::new(session),
+        })
+    }
+
+    /// Opens a new client session on the configured backend offering every primitive: locks
+    /// ([`DistributedLock`]) and leader election ([`LeaderElection`](crate::LeaderElection)).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let session = locksmith::LockConfig::from_url("memory://docs-coordination")?
+    ///     .connect_coordination()
+    ///     .await?;
+    /// let leading = session.campaign("scheduler", b"host-a").await?;
+    /// assert_eq!(session.leader("scheduler").await?, Some(leading.info()));
+    /// let guard = session.lock("reports").await?;
+    /// guard.unlock().await?;
+    /// leading.resign().await?;
+    /// # Ok::<(), locksmith::LockError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    ///
+    /// # Cancel safety
+    /// As [`connect`](Self::connect).
+    pub async fn connect_coordination(&self) -> Result<Arc<dyn Coordination>, LockError> {
+        Ok(match self.open().await? {
+            #[cfg(feature = "memory")]
+            Opened::Memory(session) => Arc::new(session),
+            #[cfg(feature = "etcd")]
+            Opened::Etcd(session) => Arc::new(session),
+        })
+    }
+
+    /// Opens a session of the configured backend.
+    async fn open(&self) -> Result<Opened, LockError> {
+        match self {
+            #[cfg(feature = "memory")]
+            LockConfig::Memory(config) => Ok(Opened::Memory(config.connect()?)),
+            #[cfg(not(feature = "memory"))]
+            LockConfig::Memory(_) => Err(LockError::config(missing_feature("memory"))),
+            #[cfg(feature = "etcd")]
+            LockConfig::Etcd(config) => Ok(Opened::Etcd(EtcdLock::connect(config).await?)),
         }
     }
 }

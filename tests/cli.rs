@@ -110,3 +110,111 @@ fn output_never_shows_a_password() {
         "{help}"
     );
 }
+
+/// SIGTERM to `locksmith` reaches the command as SIGTERM (it may clean up), and `locksmith`
+/// exits as a process stopped by SIGTERM.
+#[test]
+fn sigterm_is_passed_on_to_the_command() {
+    let mut child = locksmith()
+        .args(["lock", "cli/term", "--", "sh", "-c"])
+        .arg("trap 'echo got-term; kill $!; exit 3' TERM; sleep 60 & echo started; wait")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "got-term\n");
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+}
+
+#[test]
+fn elect_runs_the_command_while_leading_and_passes_its_status() {
+    let out = locksmith()
+        .args(["elect", "cli/elect", "proposal", "--", "sh", "-c"])
+        .arg("echo \"$LOCKSMITH_KEY $LOCKSMITH_FENCING_TOKEN\"; exit 6")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (key, token) = stdout.trim().split_once(' ').unwrap();
+    assert!(key.starts_with("cli/elect/"), "{stdout}");
+    assert!(token.parse::<u64>().unwrap() > 0, "{stdout}");
+}
+
+/// Starts `locksmith ARGS` and returns it with its stdout lines.
+fn spawn_reading(args: &[&str]) -> (std::process::Child, std::io::Lines<impl BufRead>) {
+    let mut child = locksmith()
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+fn terminate(child: &std::process::Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+#[test]
+fn elect_without_a_command_prints_key_and_value_and_leads_until_sigterm() {
+    let (mut child, mut lines) = spawn_reading(&["elect", "cli/lead", "line\none"]);
+    let key = lines.next().unwrap().unwrap();
+    assert!(key.starts_with("cli/lead/"), "{key}");
+    assert_eq!(lines.next().unwrap().unwrap(), "line\\none", "one line");
+    assert_eq!(child.try_wait().unwrap(), None, "still leading");
+    terminate(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn listen_prints_vacancy_and_stops_on_sigterm() {
+    let (mut child, mut lines) = spawn_reading(&["elect", "--listen", "cli/nobody"]);
+    assert_eq!(lines.next().unwrap().unwrap(), "<none>");
+    terminate(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn elect_refuses_bad_input_with_one_line() {
+    for args in [
+        vec!["elect", "cli/x"],
+        vec!["elect", "--listen", "cli/x", "value"],
+        vec!["elect", "--listen", "cli/x", "--", "true"],
+        vec!["elect", "", "value"],
+        vec!["elect", "--listen", "bad\u{7}name"],
+    ] {
+        let out = locksmith().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("locksmith: ") || first.starts_with("error: "),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn elect_help_documents_the_listen_format() {
+    let out = locksmith().args(["elect", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.contains("KEY<TAB>FENCING_TOKEN<TAB>VALUE") && help.contains("<none>"),
+        "{help}"
+    );
+}

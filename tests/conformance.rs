@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use locksmith::{DistributedLock, LockError, MemoryStore};
-use locksmith_api::conformance::SessionFactory;
+use locksmith::{Coordination, DistributedLock, LockError, MemoryStore};
+use locksmith_api::conformance::{CoordinationFactory, SessionFactory};
 
 /// The memory backend as `LockConfig` builds it: a named store per test, new sessions on it.
 struct MemoryThroughConfig {
@@ -32,7 +32,27 @@ impl SessionFactory for MemoryThroughConfig {
     }
 }
 
+/// Election sessions as `LockConfig::connect_coordination` opens them on `memory://NAME`.
+#[locksmith::async_trait]
+impl CoordinationFactory for MemoryThroughConfig {
+    async fn connect(&self) -> Result<Arc<dyn Coordination>, LockError> {
+        let url = format!("memory://{}", self.store);
+        url.parse::<locksmith::LockConfig>()?
+            .connect_coordination()
+            .await
+    }
+
+    async fn queue_len(&self, name: &str) -> usize {
+        MemoryStore::named(&self.store).queue_len(name)
+    }
+}
+
 mod memory {
     use super::*;
     locksmith_api::conformance_tests!(MemoryThroughConfig::new());
+
+    mod election {
+        use super::*;
+        locksmith_api::election_conformance_tests!(MemoryThroughConfig::new());
+    }
 }

@@ -1,7 +1,7 @@
 //! The `locksmith` binary against a real etcd, with `etcdctl lock` as the reference peer.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -19,16 +19,22 @@ fn etcd() -> EtcdServer {
     }
 }
 
-/// A child process whose stdout lines arrive on a channel.
+/// A child process whose stdout lines arrive on a channel, and whose stderr is collected.
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
 }
 
 impl Running {
     fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stdout: ChildStdout = child.stdout.take().unwrap();
+        let mut stderr: ChildStderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -38,11 +44,26 @@ impl Running {
                 }
             }
         });
-        Running { child, lines }
+        let (tx, stderr_text) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            let _ = tx.send(text);
+        });
+        Running {
+            child,
+            lines,
+            stderr: stderr_text,
+        }
     }
 
     fn line_within(&self, timeout: Duration) -> Option<String> {
         self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Everything the process (and its children) wrote on stderr, once they have closed it.
+    fn stderr(&self) -> String {
+        self.stderr.recv_timeout(GUARD).expect("stderr closed")
     }
 
     fn signal(&self, signal: &str) {
@@ -251,4 +272,399 @@ async fn wrong_credentials_are_one_line_errors_and_leave_nothing() {
         );
     }
     nothing_left(&server.endpoint(), Some(("root", "secret"))).await;
+}
+
+/// Prints the key once it has started (and a `sleep` to wait on); on SIGTERM says so and exits 3.
+const TRAPS_TERM: &str =
+    "trap 'echo got-term; kill $!; exit 3' TERM; sleep 60 & echo \"$LOCKSMITH_KEY\"; wait";
+
+async fn etcd_client(endpoint: &str) -> locksmith::etcd_client::Client {
+    locksmith::etcd_client::Client::connect([format!("http://{endpoint}")], None)
+        .await
+        .unwrap()
+}
+
+/// The lines `locksmith` itself wrote on stderr (the command may write there too).
+fn locksmith_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|line| line.starts_with("locksmith: "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_lock_key_stops_the_command_with_sigterm() {
+    let server = etcd();
+    let mut cmd = locksmith(&server.endpoint(), "lost");
+    cmd.args(["--", "sh", "-c", TRAPS_TERM]);
+    let mut ours = Running::spawn(cmd);
+    let key = ours.line_within(GUARD).expect("the command started");
+    assert!(key.starts_with("lost/"), "{key}");
+    let mut client = etcd_client(&server.endpoint()).await;
+    let deleted = client.delete(key.as_str(), None).await.unwrap();
+    assert_eq!(deleted.deleted(), 1);
+    assert_eq!(ours.line_within(GUARD).as_deref(), Some("got-term"));
+    assert_eq!(ours.wait().code(), Some(1));
+    let stderr = ours.stderr();
+    assert_eq!(
+        locksmith_lines(&stderr),
+        [
+            r#"locksmith: lock "lost" lost (hold deleted): sent SIGTERM to "sh"; it exited with status 3"#
+        ],
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_lease_stops_the_command_with_sigterm() {
+    let server = etcd();
+    let mut cmd = locksmith(&server.endpoint(), "revoked");
+    cmd.args(["--", "sh", "-c", TRAPS_TERM]);
+    let mut ours = Running::spawn(cmd);
+    let key = ours.line_within(GUARD).expect("the command started");
+    let lease = key.rsplit_once('/').unwrap().1;
+    let lease = i64::from_str_radix(lease, 16).unwrap();
+    let mut client = etcd_client(&server.endpoint()).await;
+    client.lease_revoke(lease).await.unwrap();
+    assert_eq!(ours.line_within(GUARD).as_deref(), Some("got-term"));
+    assert_eq!(ours.wait().code(), Some(1));
+    let stderr = ours.stderr();
+    let lines = locksmith_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(r#"locksmith: lock "revoked" lost (session revoked): sent SIGTERM"#),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let server = etcd();
+    let mut cmd = locksmith(&server.endpoint(), "stubborn");
+    cmd.args(["--kill-after", "0.5", "--", "sh", "-c"])
+        .arg("trap '' TERM; echo \"$LOCKSMITH_KEY\"; exec sleep 60");
+    let mut ours = Running::spawn(cmd);
+    let key = ours.line_within(GUARD).expect("the command started");
+    let mut client = etcd_client(&server.endpoint()).await;
+    client.delete(key.as_str(), None).await.unwrap();
+    let deleted = std::time::Instant::now();
+    assert_eq!(ours.wait().code(), Some(1));
+    assert!(deleted.elapsed() >= Duration::from_millis(500));
+    let stderr = ours.stderr();
+    assert_eq!(
+        locksmith_lines(&stderr),
+        [
+            r#"locksmith: lock "stubborn" lost (hold deleted): sent SIGTERM to "sh"; it was still running after 500ms: sent SIGKILL"#
+        ],
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_lock_without_a_command_is_one_line_and_nonzero() {
+    let server = etcd();
+    let mut ours = Running::spawn(locksmith(&server.endpoint(), "held"));
+    let key = ours.line_within(GUARD).expect("locksmith printed its key");
+    let mut client = etcd_client(&server.endpoint()).await;
+    client.delete(key.as_str(), None).await.unwrap();
+    assert_eq!(ours.wait().code(), Some(1));
+    assert_eq!(
+        ours.stderr(),
+        "locksmith: lock \"held\" lost (hold deleted)\n"
+    );
+}
+
+// ---- elect ----
+
+fn elect(endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_locksmith"));
+    cmd.args(["--url", &format!("etcd://{endpoint}/"), "elect"])
+        .args(args);
+    cmd
+}
+
+fn etcdctl_elect(endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "elect"])
+        .args(args);
+    cmd
+}
+
+/// The keys under `prefix`, oldest first.
+async fn keys(endpoint: &str, prefix: &str) -> Vec<String> {
+    use locksmith::etcd_client::{GetOptions, SortOrder, SortTarget};
+    let mut client = etcd_client(endpoint).await;
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let reply = client.get(prefix, Some(options)).await.unwrap();
+    reply
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn coordination(endpoint: &str) -> std::sync::Arc<dyn locksmith::Coordination> {
+    locksmith::LockConfig::from_url(&format!("etcd://{endpoint}/"))
+        .unwrap()
+        .connect_coordination()
+        .await
+        .unwrap()
+}
+
+/// Reads a `--listen` line: `KEY<TAB>TOKEN<TAB>VALUE`.
+fn leader_line(line: &str) -> (String, u64, String) {
+    let mut fields = line.splitn(3, '\t');
+    let (Some(key), Some(token), Some(value)) = (fields.next(), fields.next(), fields.next())
+    else {
+        panic!("not a leader line: {line:?}");
+    };
+    (key.to_owned(), token.parse().unwrap(), value.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn elect_runs_the_command_while_leading() {
+    let server = etcd();
+    let script = format!(
+        "echo \"$LOCKSMITH_KEY $LOCKSMITH_FENCING_TOKEN\"; \
+         ETCDCTL_API=3 etcdctl --endpoints {} get --print-value-only \"$LOCKSMITH_KEY\"; exit 4",
+        server.endpoint()
+    );
+    let out = elect(
+        &server.endpoint(),
+        &["job", "v 1", "--", "sh", "-c", &script],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let (key, token) = lines.next().unwrap().split_once(' ').unwrap();
+    assert!(key.starts_with("job/"), "{stdout}");
+    assert!(token.parse::<u64>().unwrap() > 0, "{stdout}");
+    assert_eq!(lines.next(), Some("v 1"), "the proposal is the key's value");
+    assert_eq!(keys(&server.endpoint(), "job/").await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn elect_without_a_command_prints_key_and_value_and_resigns_on_sigterm() {
+    let server = etcd();
+    let mut ours = Running::spawn(elect(&server.endpoint(), &["svc", "host-a:80"]));
+    let key = ours.line_within(GUARD).expect("locksmith printed its key");
+    assert!(key.starts_with("svc/"), "{key}");
+    assert_eq!(ours.line_within(GUARD).as_deref(), Some("host-a:80"));
+    assert_eq!(keys(&server.endpoint(), "svc/").await, [key]);
+    let next = Running::spawn(elect(&server.endpoint(), &["svc", "host-b:80"]));
+    assert_eq!(next.line_within(QUIET), None, "two leaders at once");
+    ours.signal("-TERM");
+    assert_eq!(ours.wait().code(), Some(0));
+    let next_key = next.line_within(GUARD).expect("the next candidate leads");
+    assert_eq!(next.line_within(GUARD).as_deref(), Some("host-b:80"));
+    assert_eq!(keys(&server.endpoint(), "svc/").await, [next_key]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_while_campaigning_withdraws_the_candidate() {
+    let server = etcd();
+    let leader = Running::spawn(elect(&server.endpoint(), &["queue", "first"]));
+    let leader_key = leader
+        .line_within(GUARD)
+        .expect("the leader printed its key");
+    let mut candidate = Running::spawn(elect(&server.endpoint(), &["queue", "second"]));
+    assert_eq!(candidate.line_within(QUIET), None);
+    assert_eq!(keys(&server.endpoint(), "queue/").await.len(), 2);
+    candidate.signal("-INT");
+    assert_eq!(candidate.wait().code(), Some(130));
+    assert_eq!(keys(&server.endpoint(), "queue/").await, [leader_key]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_leadership_stops_the_command_with_sigterm() {
+    let server = etcd();
+    let mut ours = Running::spawn(elect(
+        &server.endpoint(),
+        &["lost", "v", "--", "sh", "-c", TRAPS_TERM],
+    ));
+    let key = ours.line_within(GUARD).expect("the command started");
+    let mut client = etcd_client(&server.endpoint()).await;
+    client.delete(key.as_str(), None).await.unwrap();
+    assert_eq!(ours.line_within(GUARD).as_deref(), Some("got-term"));
+    assert_eq!(ours.wait().code(), Some(1));
+    let stderr = ours.stderr();
+    assert_eq!(
+        locksmith_lines(&stderr),
+        [
+            r#"locksmith: leadership of "lost" lost (hold deleted): sent SIGTERM to "sh"; it exited with status 3"#
+        ],
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_prints_the_leader_its_proclamations_a_new_leader_and_vacancy() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let mut listener = Running::spawn(elect(&endpoint, &["--listen", "watched"]));
+    assert_eq!(listener.line_within(GUARD).as_deref(), Some("<none>"));
+
+    let session = coordination(&endpoint).await;
+    let leadership = session.campaign("watched", b"a").await.unwrap();
+    let token = leadership.fencing_token().get();
+    let line = listener.line_within(GUARD).expect("the new leader");
+    assert_eq!(
+        leader_line(&line),
+        (leadership.key().to_owned(), token, "a".to_owned())
+    );
+    leadership.proclaim(b"b\tc").await.unwrap();
+    let line = listener.line_within(GUARD).expect("the proclamation");
+    assert_eq!(
+        leader_line(&line),
+        (leadership.key().to_owned(), token, "b\\tc".to_owned())
+    );
+
+    let mut next = Running::spawn(elect(&endpoint, &["watched", "d"]));
+    assert_eq!(next.line_within(QUIET), None);
+    leadership.resign().await.unwrap();
+    let next_key = next.line_within(GUARD).expect("the next candidate leads");
+    let line = listener.line_within(GUARD).expect("the next leader");
+    let (key, next_token, value) = leader_line(&line);
+    assert_eq!((key, value), (next_key, "d".to_owned()));
+    assert!(next_token > token, "{next_token} > {token}");
+
+    next.signal("-TERM");
+    assert_eq!(next.wait().code(), Some(0));
+    assert_eq!(listener.line_within(GUARD).as_deref(), Some("<none>"));
+    listener.signal("-TERM");
+    assert_eq!(listener.wait().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_fails_with_one_line_when_its_session_ends() {
+    let server = etcd();
+    let mut listener = Running::spawn(elect(&server.endpoint(), &["--listen", "ended"]));
+    assert_eq!(listener.line_within(GUARD).as_deref(), Some("<none>"));
+    let mut client = etcd_client(&server.endpoint()).await;
+    let leases = client.leases().await.unwrap();
+    assert_eq!(leases.leases().len(), 1, "the listener's session");
+    client.lease_revoke(leases.leases()[0].id()).await.unwrap();
+    assert_eq!(listener.wait().code(), Some(1));
+    let stderr = listener.stderr();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("locksmith: observing \"ended\" ended: ") && stderr.contains("revoked"),
+        "{stderr}"
+    );
+}
+
+/// Leads `name` from `etcdctl elect` and returns it with its key (after its value line).
+fn etcdctl_leader(endpoint: &str, name: &str, value: &str) -> (Running, String) {
+    let theirs = Running::spawn(etcdctl_elect(endpoint, &[name, value]));
+    let key = theirs.line_within(GUARD).expect("etcdctl printed its key");
+    assert_eq!(theirs.line_within(GUARD).as_deref(), Some(value));
+    (theirs, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_elect_waits_for_locksmith_and_hands_over_in_order() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let mut first = Running::spawn(elect(&endpoint, &["fifo", "ours-1"]));
+    first.line_within(GUARD).expect("locksmith leads");
+    assert_eq!(first.line_within(GUARD).as_deref(), Some("ours-1"));
+    let second = Running::spawn(etcdctl_elect(&endpoint, &["fifo", "theirs-2"]));
+    assert_eq!(
+        second.line_within(QUIET),
+        None,
+        "etcdctl led beside locksmith"
+    );
+    let third = Running::spawn(elect(&endpoint, &["fifo", "ours-3"]));
+    assert_eq!(third.line_within(QUIET), None);
+
+    first.signal("-TERM");
+    assert_eq!(first.wait().code(), Some(0));
+    second.line_within(GUARD).expect("etcdctl leads next");
+    assert_eq!(second.line_within(GUARD).as_deref(), Some("theirs-2"));
+    assert_eq!(
+        third.line_within(QUIET),
+        None,
+        "locksmith led beside etcdctl"
+    );
+
+    second.signal("-INT");
+    third.line_within(GUARD).expect("locksmith leads last");
+    assert_eq!(third.line_within(GUARD).as_deref(), Some("ours-3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locksmith_elect_waits_for_etcdctl_and_hands_over_in_order() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let (first, _) = etcdctl_leader(&endpoint, "fifo", "theirs-1");
+    let mut second = Running::spawn(elect(&endpoint, &["fifo", "ours-2"]));
+    assert_eq!(
+        second.line_within(QUIET),
+        None,
+        "locksmith led beside etcdctl"
+    );
+    let third = Running::spawn(etcdctl_elect(&endpoint, &["fifo", "theirs-3"]));
+    assert_eq!(third.line_within(QUIET), None);
+
+    first.signal("-INT");
+    second.line_within(GUARD).expect("locksmith leads next");
+    assert_eq!(second.line_within(GUARD).as_deref(), Some("ours-2"));
+    assert_eq!(
+        third.line_within(QUIET),
+        None,
+        "etcdctl led beside locksmith"
+    );
+
+    second.signal("-TERM");
+    assert_eq!(second.wait().code(), Some(0));
+    third.line_within(GUARD).expect("etcdctl leads last");
+    assert_eq!(third.line_within(GUARD).as_deref(), Some("theirs-3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_listen_prints_locksmith_proclamations() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let theirs = Running::spawn(etcdctl_elect(&endpoint, &["-l", "news"]));
+
+    let mut ours = Running::spawn(elect(&endpoint, &["news", "from-cli"]));
+    let key = ours.line_within(GUARD).expect("locksmith leads");
+    assert_eq!(theirs.line_within(GUARD), Some(key));
+    assert_eq!(theirs.line_within(GUARD).as_deref(), Some("from-cli"));
+    ours.signal("-TERM");
+    assert_eq!(ours.wait().code(), Some(0));
+
+    let session = coordination(&endpoint).await;
+    let leadership = session.campaign("news", b"elected").await.unwrap();
+    let key = Some(leadership.key());
+    assert_eq!(theirs.line_within(GUARD).as_deref(), key);
+    assert_eq!(theirs.line_within(GUARD).as_deref(), Some("elected"));
+    leadership.proclaim(b"proclaimed").await.unwrap();
+    assert_eq!(theirs.line_within(GUARD).as_deref(), key);
+    assert_eq!(theirs.line_within(GUARD).as_deref(), Some("proclaimed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locksmith_listen_prints_etcdctl_values() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let listener = Running::spawn(elect(&endpoint, &["--listen", "peer"]));
+    assert_eq!(listener.line_within(GUARD).as_deref(), Some("<none>"));
+    let (theirs, key) = etcdctl_leader(&endpoint, "peer", "their value");
+    let (listened_key, token, value) = leader_line(&listener.line_within(GUARD).unwrap());
+    assert_eq!((listened_key, value.as_str()), (key, "their value"));
+    assert!(token > 0);
+    theirs.signal("-INT");
+    assert_eq!(listener.line_within(GUARD).as_deref(), Some("<none>"));
 }

@@ -1,6 +1,7 @@
-//! The etcd backend of locksmith: lease sessions and the revision-queue mutex of etcd's Go
-//! `concurrency.Mutex`, with the same key layout, so locksmith, Go services and
-//! `etcdctl lock` exclude each other on the same name.
+//! The etcd backend of locksmith: lease sessions, the revision-queue mutex of etcd's Go
+//! `concurrency.Mutex` and the leader election of its `concurrency.Election`, with the same key
+//! layouts, so locksmith, Go services, `etcdctl lock` and `etcdctl elect` exclude each other on
+//! the same name.
 //!
 //! ```no_run
 //! use locksmith_api::DistributedLock;
@@ -23,14 +24,26 @@
 //! and `a/b` stay independent between locksmith clients (a Go client on `a` still waits for
 //! `a/b`'s holders: Go's layout allows no better).
 //!
+//! # Leader election
+//! [`EtcdLock`] implements [`LeaderElection`]: a candidate is the session's key of the name,
+//! as a lock's, with the proposal as its value (Go's `Election` and `etcdctl elect` write the
+//! same); the leader is the oldest direct child, its create revision the fencing token.
+//! Proclaiming puts a new value only while the key still has that create revision; resigning is
+//! a lock's release. A campaign whose queue request's reply was lost cannot tell its key by a
+//! value unique to it (the value is the proposal): a key of the session carrying the proposal,
+//! found on the retry, is taken as the campaign's, which is safe because nothing else of the
+//! session uses the name meanwhile. Observers of one name in one session share one range watch
+//! (puts and deletes) on the session's watch stream, started from the revision after a read of
+//! every candidate and read again after a compaction or a reset stream.
+//!
 //! # Cleanup and cancellation
 //! Every path that gives a key up (an unlock, a dropped guard, a withdrawn or failed `lock`, a
 //! `try_lock` that found the lock taken) deletes it in a task of its own and retries until
 //! etcd answers or the session ends; dropping the future that started it changes nothing.
 //! Until then the session's other tasks stay off that name. Each delete is guarded, so that a
-//! late one can never remove a newer key of the session: a release by the key's create
-//! revision, a withdrawal by the value its queue attempt put (a withdrawal whose queue attempt
-//! never went out sends nothing). A `lock` never adopts a key of its session that it did not
+//! late one can never remove a newer key of the session: a release, and a withdrawal whose
+//! queue reply came, by the key's create revision; a withdrawal whose reply was lost by the value
+//! its queue attempt put (a withdrawal whose queue attempt never went out sends nothing). A `lock` never adopts a key of its session that it did not
 //! create itself: it deletes it and queues afresh. A queue attempt whose request may still
 //! reach etcd after the attempt gave up (a timeout, a broken connection) is remembered for ten
 //! TTLs (at least 30 s), and a key it leaves behind is deleted while no task of the session uses

@@ -3,3 +3,8 @@
 mod common;
 
 locksmith_api::conformance_tests!(common::Etcd::new());
+
+mod election {
+    use super::common;
+    locksmith_api::election_conformance_tests!(common::Etcd::new());
+}

@@ -242,3 +242,122 @@ async fn observers_go_on_across_compaction() {
     assert_eq!(last.fencing_token(), leading.fencing_token());
     assert_eq!(watcher.leader("svc").await.unwrap(), Some(last));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_go_on_across_a_stream_reset() {
+    let etcd = Etcd::new();
+    let (a, watcher) = (etcd.session().await, etcd.session().await);
+    let leading = a.campaign("svc", b"before").await.unwrap();
+    let mut watch = watcher.observe("svc").await.unwrap();
+    until_value(&mut watch, b"before").await;
+    let resets = etcd
+        .server
+        .metric("etcd_debugging_mvcc_watch_stream_total")
+        .unwrap();
+    {
+        // Stalled past the hub's progress deadline: the hub gives the stream up.
+        let _stopped = etcd.server.stop().unwrap();
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+    }
+    leading.proclaim(b"after").await.unwrap();
+    let seen = until_value(&mut watch, b"after").await.unwrap();
+    assert_eq!(seen.fencing_token(), leading.fencing_token());
+    leading.resign().await.unwrap();
+    until_vacant(&mut watch).await;
+    // The watcher's stream was replaced (the old one closed, a new one opened).
+    let now = etcd
+        .server
+        .metric("etcd_debugging_mvcc_watch_stream_total")
+        .unwrap();
+    assert!(now >= resets, "{now} streams, {resets} before");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_observers_in_one_session_share_one_watch() {
+    const OBSERVERS: usize = 1_000;
+    let etcd = Etcd::new();
+    let (a, watcher) = (etcd.session().await, etcd.session().await);
+    let leading = a.campaign("svc", b"v0").await.unwrap();
+    let mut first = watcher.observe("svc").await.unwrap();
+    until_value(&mut first, b"v0").await;
+    // The leader's loss watch and the observers' feed.
+    etcd.watches_settle(2.0).await;
+    let watchers_before = etcd
+        .server
+        .metric("etcd_debugging_mvcc_watcher_total")
+        .unwrap();
+    let streams_before = etcd
+        .server
+        .metric("etcd_debugging_mvcc_watch_stream_total")
+        .unwrap();
+    let mut watches = Vec::with_capacity(OBSERVERS);
+    for _ in 0..OBSERVERS {
+        watches.push(watcher.observe("svc").await.unwrap());
+    }
+    assert_eq!(
+        etcd.server
+            .metric("etcd_debugging_mvcc_watcher_total")
+            .unwrap(),
+        watchers_before
+    );
+    assert_eq!(
+        etcd.server
+            .metric("etcd_debugging_mvcc_watch_stream_total")
+            .unwrap(),
+        streams_before
+    );
+    leading.proclaim(b"final").await.unwrap();
+    let seen = futures_join_all(watches.iter_mut().map(|w| until_value(w, b"final"))).await;
+    assert!(seen.iter().all(|s| s.as_ref().unwrap().value() == b"final"));
+}
+
+/// Waits for every future, concurrently on this task.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (slot, future) in done.iter_mut().zip(pending.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *slot = Some(value),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resign_cut_short_still_hands_over() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let leading = a.campaign("svc", b"a").await.unwrap();
+    let next_up = {
+        let b = b.clone();
+        tokio::spawn(async move { b.campaign("svc", b"b").await })
+    };
+    etcd.wait_queued("svc", 2).await;
+    {
+        let _stopped = etcd.server.stop().unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(150), leading.resign()).await;
+        assert!(cut.is_err(), "resign finished with etcd stopped: {cut:?}");
+    }
+    let second = within("b to lead", next_up).await.unwrap().unwrap();
+    common::keys_become(&etcd, "svc", vec![second.key().to_owned()]).await;
+    // The session's next campaign waits for the first one's key to be gone, then queues.
+    let again = tokio::spawn(async move { a.campaign("svc", b"a2").await });
+    etcd.wait_queued("svc", 2).await;
+    second.resign().await.unwrap();
+    let again = within("a to lead again", again).await.unwrap().unwrap();
+    assert_eq!(again.value(), b"a2");
+}

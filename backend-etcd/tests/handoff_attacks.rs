@@ -8,19 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Etcd, GUARD};
+use common::{within, Etcd};
 use locksmith_api::{DistributedLock, LockGuard, LossReason};
 use locksmith_etcd::etcd_client::{CompactionOptions, Txn, TxnOp};
 use locksmith_etcd::EtcdLock;
 use parking_lot::Mutex;
 use rand::Rng;
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what} took longer than {GUARD:?}"),
-    }
-}
 
 /// Ranges (reads) etcd has served so far, counting those inside transactions.
 fn ranges(etcd: &Etcd) -> f64 {

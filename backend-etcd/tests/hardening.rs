@@ -6,34 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Etcd, GUARD};
+use common::{keys_become, within, Etcd};
 use locksmith_api::{DistributedLock, LockError, LossReason};
 use locksmith_etcd::etcd_client::{ConnectOptions, Permission, PutOptions};
 use locksmith_etcd::testing::{enable_auth, TcpProxy};
 use locksmith_etcd::EtcdConfig;
 use locksmith_etcd::EtcdLock;
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what} took longer than {GUARD:?}"),
-    }
-}
-
-/// Waits until the keys of `name` are exactly `expected`.
-async fn keys_become(etcd: &Etcd, name: &str, expected: Vec<String>) {
-    within("the queue to settle", async {
-        loop {
-            let mut keys = etcd.keys(name).await;
-            keys.sort();
-            if keys == expected {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
 
 /// Finding 1: a key of this session found in place (here: planted on its lease, as a stale
 /// hold whose delete is still in flight would be) is never adopted. The new hold gets a key

@@ -17,20 +17,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use common::{Etcd, GUARD};
+use common::{within, Etcd};
 use locksmith_api::{DistributedLock, LossReason};
 use locksmith_etcd::{EtcdConfig, EtcdLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify};
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what} took longer than {GUARD:?}"),
-    }
-}
 
 const PREFACE: usize = 24;
 const HEADERS: u8 = 0x1;

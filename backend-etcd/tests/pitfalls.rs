@@ -5,18 +5,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Etcd, GUARD};
+use common::{within, Etcd};
 use locksmith_api::{DistributedLock, LockError, LossReason};
 use locksmith_etcd::etcd_client::{CompactionOptions, DeleteOptions, Txn, TxnOp};
 use parking_lot::Mutex;
 use rand::Rng;
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what} took longer than {GUARD:?}"),
-    }
-}
 
 /// Watching the older keys from the store's current revision delivers their deletes at once,
 /// where Go's already-passed revision waits for etcd's 100 ms sync loop.

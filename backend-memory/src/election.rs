@@ -244,7 +244,7 @@ impl LeaderElection for MemoryLock {
             elections.watch(self.session_id(), name, leader_state(name, holder))
         });
         if let Some(feed) = new_feed {
-            tokio::spawn(forget_when_unwatched(
+            self.spawn(forget_when_unwatched(
                 Arc::downgrade(elections),
                 name.to_owned(),
                 feed,
@@ -254,5 +254,54 @@ impl LeaderElection for MemoryLock {
         // (dropping it lets the feed go).
         self.check_alive()?;
         Ok(watch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use locksmith_api::LeaderElection;
+
+    use crate::MemoryStore;
+
+    fn feeds(store: &MemoryStore) -> (usize, usize) {
+        let elections = store.elections();
+        let feeds = elections.feeds.lock();
+        (
+            feeds.values().map(Vec::len).sum(),
+            elections
+                .observed
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
+    }
+
+    async fn until_feeds(store: &MemoryStore, expected: (usize, usize)) {
+        while feeds(store) != expected {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// One feed per observed name and session, dropped with its last watch or its session.
+    #[tokio::test]
+    async fn feeds_live_as_long_as_their_watches_and_sessions() {
+        let store = MemoryStore::new();
+        let (a, b) = (store.connect().unwrap(), store.connect().unwrap());
+        let first = a.observe("x").await.unwrap();
+        let second = a.observe("x").await.unwrap();
+        let other = b.observe("x").await.unwrap();
+        let elsewhere = b.observe("y").await.unwrap();
+        assert_eq!(feeds(&store), (3, 2));
+        drop(first);
+        tokio::task::yield_now().await;
+        assert_eq!(feeds(&store), (3, 2), "a's second watch keeps its feed");
+        drop(second);
+        until_feeds(&store, (2, 2)).await;
+        drop(b);
+        assert_eq!(feeds(&store), (0, 0), "the session's end drops its feeds");
+        drop((other, elsewhere));
+        // Nothing left for the cleanup tasks, and nothing published while nobody observes.
+        tokio::task::yield_now().await;
+        assert_eq!(feeds(&store), (0, 0));
+        let _guard = locksmith_api::DistributedLock::lock(&a, "x").await.unwrap();
+        assert_eq!(feeds(&store), (0, 0));
     }
 }

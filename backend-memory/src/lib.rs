@@ -31,6 +31,50 @@
 //! - Sessions have a TTL (default 10 s) kept alive while the client lives; dropping the last
 //!   handle closes the session and releases its locks at once.
 //! - Time follows tokio's clock: `tokio::time::pause()` makes TTL tests instant.
+//!
+//! # Leader election
+//! [`MemoryLock`] implements [`LeaderElection`](locksmith_api::LeaderElection) with the etcd
+//! backend's semantics. A candidate is an entry of the name's lock queue carrying its value:
+//! the oldest leads, campaigns and locks of one name (also from one session) are served one at
+//! a time in arrival order, and each new leader's fencing token is greater than every earlier
+//! one's. The leader's key is `{name}/{session id in hex}`, as a lock's. `leader()` and
+//! `observe()` report whoever holds the name, so a plain `lock` holder shows up as a leader
+//! with an empty value. Observers see every change of holder and every proclamation, `None`
+//! when nobody leads, and end with [`LockError::SessionLost`](locksmith_api::LockError) when
+//! their session ends. The fault injection above works for leaders too.
+//!
+//! ```
+//! use locksmith_api::{LeaderElection, LossReason};
+//! use locksmith_memory::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), locksmith_api::LockError> {
+//! let store = MemoryStore::new();
+//! let (a, b, watcher) = (store.connect()?, store.connect()?, store.connect()?);
+//!
+//! let mut changes = watcher.observe("scheduler").await?;
+//! assert_eq!(changes.next().await.transpose()?, Some(None)); // nobody leads yet
+//!
+//! let leadership = a.campaign("scheduler", b"host-a").await?;
+//! leadership.proclaim(b"host-a, epoch 2").await?;
+//! let leader = watcher.leader("scheduler").await?.expect("a leads");
+//! assert_eq!(leader.value(), b"host-a, epoch 2");
+//!
+//! // b queues behind a; a's session expires and b takes over with a greater token.
+//! // (The task gets a handle of b's session: dropping the last one would close it.)
+//! let candidate = b.clone();
+//! let waiting = tokio::spawn(async move { candidate.campaign("scheduler", b"host-b").await });
+//! while store.queue_len("scheduler") < 2 {
+//!     tokio::task::yield_now().await;
+//! }
+//! a.expire();
+//! assert_eq!(leadership.lost().await, LossReason::Expired);
+//! let next = waiting.await.expect("the candidate task")?;
+//! assert!(next.fencing_token() > leadership.fencing_token());
+//! next.resign().await?;
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod election;

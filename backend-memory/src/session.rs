@@ -36,6 +36,8 @@ struct Session {
     ended: LostSignal,
     ended_watch: LostWatch,
     keeper: mpsc::UnboundedSender<Duration>,
+    /// The runtime the session was opened on, for its background tasks.
+    runtime: tokio::runtime::Handle,
 }
 
 impl MemoryLock {
@@ -63,8 +65,11 @@ impl MemoryLock {
             ended,
             ended_watch,
             keeper,
+            runtime,
         });
-        runtime.spawn(keep_alive(Arc::downgrade(&session), pauses));
+        session
+            .runtime
+            .spawn(keep_alive(Arc::downgrade(&session), pauses));
         Ok(MemoryLock { session })
     }
 
@@ -107,6 +112,11 @@ impl MemoryLock {
             Some(reason) => Err(self.session.lost_error(reason)),
             None => Ok(()),
         }
+    }
+
+    /// Runs `task` in the background on the session's runtime.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.session.runtime.spawn(task);
     }
 
     /// A new table entry of this session: a lock, or a campaign when `candidate` is given.

@@ -502,7 +502,7 @@ fn recovery(events: &[Event], f: &Event) -> Option<u64> {
 }
 
 /// True if a client other than `except` was in a `lock` call on `name` at `t` (its last
-/// event by then is an attempt at it that waits: `lock` or `relock`).
+/// event by then is an attempt at it that waits: `lock`, `campaign` or `relock`).
 fn waiting_at(events: &[Event], name: &str, except: &str, t: u64) -> bool {
     let mut last: HashMap<&str, &Event> = HashMap::new();
     for e in events.iter().take_while(|e| e.t <= t) {
@@ -511,7 +511,9 @@ fn waiting_at(events: &[Event], name: &str, except: &str, t: u64) -> bool {
         }
     }
     last.values().any(|e| {
-        e.event == "attempt" && e.name == name && (e.detail == "lock" || e.detail == "relock")
+        e.event == "attempt"
+            && e.name == name
+            && matches!(e.detail.as_str(), "lock" | "campaign" | "relock")
     })
 }
 

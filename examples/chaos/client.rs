@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use locksmith::etcd_client::{Compare, CompareOp, TxnOp};
-use locksmith::{DistributedLock, EtcdConfig, EtcdLock, LockError, LockGuard};
+use locksmith::{DistributedLock, EtcdConfig, EtcdLock, LeaderElection, LockError, LockGuard};
 use rand::Rng;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -143,32 +143,43 @@ enum Acquire {
     TryLock,
     /// `try_lock` under a short timeout.
     TryLockCancelled,
+    /// `campaign` with the session's proposal, the leadership then held as a guard.
+    Campaign,
+    /// `campaign` under a short timeout.
+    CampaignCancelled,
     /// `lock` of the name whose last call was cancelled or failed, from the same session.
     Relock,
 }
 
 impl Acquire {
     fn random() -> Acquire {
-        match rand::thread_rng().gen_range(0..20) {
+        match rand::thread_rng().gen_range(0..24) {
             0..=9 => Acquire::Lock,
             10..=12 => Acquire::LockCancelled,
             13..=16 => Acquire::TryLock,
-            _ => Acquire::TryLockCancelled,
+            17..=19 => Acquire::TryLockCancelled,
+            20..=21 => Acquire::Campaign,
+            _ => Acquire::CampaignCancelled,
         }
     }
 
+    /// The operation as the log names it; a campaign waits like a `lock` (the checker counts
+    /// both as waiting attempts).
     fn operation(self) -> &'static str {
         match self {
             Acquire::Lock | Acquire::LockCancelled => "lock",
             Acquire::TryLock | Acquire::TryLockCancelled => "try_lock",
+            Acquire::Campaign | Acquire::CampaignCancelled => "campaign",
             Acquire::Relock => "relock",
         }
     }
 
     fn timeout(self) -> Option<Duration> {
         match self {
-            Acquire::LockCancelled | Acquire::TryLockCancelled => Some(cancel_after()),
-            Acquire::Lock | Acquire::TryLock | Acquire::Relock => None,
+            Acquire::LockCancelled | Acquire::TryLockCancelled | Acquire::CampaignCancelled => {
+                Some(cancel_after())
+            }
+            Acquire::Lock | Acquire::TryLock | Acquire::Campaign | Acquire::Relock => None,
         }
     }
 }
@@ -286,6 +297,19 @@ impl<'a> Round<'a> {
                 })
                 .await
             }
+            // The same proposal on every campaign of the session: a key of an earlier attempt
+            // that lands late carries it too, which is the case a campaign must get right.
+            Acquire::Campaign | Acquire::CampaignCancelled => {
+                let proposal = format!("chaos-{}", self.lease);
+                tokio::time::timeout(limit, async {
+                    let leading = self
+                        .session
+                        .campaign(self.name, proposal.as_bytes())
+                        .await?;
+                    Ok(Some(leading.into_guard()))
+                })
+                .await
+            }
         };
         let guard = match outcome {
             Ok(Ok(Some(guard))) => guard,
@@ -300,6 +324,7 @@ impl<'a> Round<'a> {
             Err(_) if timeout.is_some() => {
                 let operation = match how {
                     Acquire::TryLockCancelled => "try_lock",
+                    Acquire::CampaignCancelled => "campaign",
                     _ => "lock",
                 };
                 self.log.write(Event {

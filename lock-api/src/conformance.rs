@@ -1,8 +1,9 @@
 //! The behaviour suite every backend runs: the specification of [`DistributedLock`].
 //!
 //! Each case is a plain `async fn` taking a [`SessionFactory`], which opens fresh client
-//! sessions on one store under test. Run the whole suite with [`conformance_tests!`], which
-//! writes one `#[tokio::test]` per case, or call the cases yourself.
+//! sessions on one store under test. Run the whole suite with
+//! [`conformance_tests!`](crate::conformance_tests), which writes one `#[tokio::test]` per
+//! case, or call the cases yourself.
 //!
 //! ```ignore
 //! struct MyFactory(MyStore);
@@ -10,6 +11,10 @@
 //! impl SessionFactory for MyFactory { /* connect, queue_len */ }
 //! locksmith_api::conformance_tests!(MyFactory(MyStore::new()));
 //! ```
+//!
+//! The election cases ([`ELECTION_CASES`]) take a [`CoordinationFactory`], whose sessions
+//! offer locks and leader election; [`election_conformance_tests!`](crate::election_conformance_tests)
+//! writes them as tests.
 //!
 //! Cases wait on observable state ([`SessionFactory::queue_len`], guard signals) with a
 //! generous [`GUARD`] timeout; they never sleep for correctness. The few negative checks
@@ -26,6 +31,9 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::{DistributedLock, LockError, LockGuard};
+
+mod election;
+pub use election::*;
 
 /// The longest any single step of a case may take before the case fails.
 pub const GUARD: Duration = Duration::from_secs(20);

@@ -1,7 +1,8 @@
 //! The locksmith vocabulary: the [`DistributedLock`] trait every backend implements, the
 //! [`LockGuard`] users hold, [`FencingToken`], [`LockError`], the lock-name rules, the FIFO
-//! [`LockTable`] backends build on, and (feature `conformance`) the behaviour suite every
-//! backend runs.
+//! [`LockTable`] backends build on, leader election ([`LeaderElection`], [`Leadership`],
+//! [`LeaderWatch`]; [`Coordination`] for sessions offering both), and (feature `conformance`)
+//! the behaviour suite every backend runs.
 //!
 //! Application code usually depends on the `locksmith` facade crate, which re-exports all of
 //! this together with the backends and configuration. This crate is what a backend, or code
@@ -32,7 +33,8 @@
 //! Implement [`DistributedLock`] for a client session: validate names with
 //! [`validate_name`], return a [`LockGuard`] built from a [`Hold`] (how to release) and a
 //! [`LostWatch`] (how the guard learns of a loss), and run the
-//! [`conformance`] suite from your tests.
+//! `conformance` suite (feature `conformance`) from your tests. For leader election, build a [`Leadership`] from such
+//! a guard and a [`Proclaim`], and serve observers from a [`LeaderFeed`] per observed name.
 #![warn(missing_docs)]
 
 mod election;

@@ -104,10 +104,9 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         let (ticket, wake) = {
             let mut state = self.state.lock();
             let ticket = state.new_ticket();
-            let (queue, last_token) = state.queue(name);
+            let (queue, last_token, hook) = state.queue(name);
             if queue.is_idle() {
-                let (shared, token) = queue.take(ticket, tag, last_token);
-                state.holder_changed(&shared);
+                let (shared, token) = queue.take(ticket, tag, last_token, hook);
                 return Ok(self.ticket(shared, ticket, token));
             }
             let (tx, rx) = oneshot::channel();
@@ -141,12 +140,11 @@ impl<T: Clone + Send + 'static> LockTable<T> {
     pub fn try_acquire(self: &Arc<Self>, name: &str, tag: T) -> Option<Ticket<T>> {
         let mut state = self.state.lock();
         let ticket = state.new_ticket();
-        let (queue, last_token) = state.queue(name);
+        let (queue, last_token, hook) = state.queue(name);
         if !queue.is_idle() {
             return None;
         }
-        let (shared, token) = queue.take(ticket, tag, last_token);
-        state.holder_changed(&shared);
+        let (shared, token) = queue.take(ticket, tag, last_token, hook);
         Some(self.ticket(shared, ticket, token))
     }
 
@@ -269,14 +267,14 @@ impl<T: Clone + Send + 'static> LockTable<T> {
 }
 
 impl<T> TableState<T> {
-    /// The queue of `name` (created empty if nobody uses it) and the token counter, so that
-    /// the queue can be handed a new holder.
-    fn queue(&mut self, name: &str) -> (&mut NameQueue<T>, &mut u64) {
+    /// The queue of `name` (created empty if nobody uses it), the token counter and the holder
+    /// hook, so that the queue can be handed a new holder.
+    fn queue(&mut self, name: &str) -> (&mut NameQueue<T>, &mut u64, &Option<HolderHook<T>>) {
         let queue = self
             .names
             .entry_ref(name)
             .or_insert_with(|| NameQueue::new(name));
-        (queue, &mut self.last_token)
+        (queue, &mut self.last_token, &self.on_holder_change)
     }
 
     fn new_ticket(&mut self) -> u64 {
@@ -314,14 +312,6 @@ impl<T> TableState<T> {
         true
     }
 
-    /// Tells the hook (if any) who holds `name` now.
-    fn holder_changed(&self, name: &str) {
-        if let Some(hook) = &self.on_holder_change {
-            let holder = self.names.get(name).and_then(|q| q.holder.as_ref());
-            hook(name, holder.map(|h| (&h.tag, h.token)));
-        }
-    }
-
     /// Forgets the oldest idle names beyond [`IDLE_KEPT`], so names nobody uses cost at most
     /// a bounded cache.
     fn trim_idle(&mut self) {
@@ -354,8 +344,18 @@ impl<T> NameQueue<T> {
     }
 
     /// Makes `ticket` the holder; returns the shared name and the hold's fencing token.
-    fn take(&mut self, ticket: u64, tag: T, last_token: &mut u64) -> (Arc<str>, FencingToken) {
+    /// Tells `hook` of the new holder.
+    fn take(
+        &mut self,
+        ticket: u64,
+        tag: T,
+        last_token: &mut u64,
+        hook: &Option<HolderHook<T>>,
+    ) -> (Arc<str>, FencingToken) {
         let token = next_token(last_token);
+        if let Some(hook) = hook {
+            hook(&self.name, Some((&tag, token)));
+        }
         self.holder = Some(Holder { ticket, tag, token });
         (Arc::clone(&self.name), token)
     }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use locksmith_api::conformance::SessionFactory;
-use locksmith_api::{DistributedLock, LockError, LockGuard};
+use locksmith_api::conformance::{CoordinationFactory, SessionFactory};
+use locksmith_api::{Coordination, DistributedLock, LockError, LockGuard};
 use locksmith_etcd::etcd_client::{Client, GetOptions};
 use locksmith_etcd::testing::EtcdServer;
 use locksmith_etcd::{EtcdConfig, EtcdLock};
@@ -62,7 +62,7 @@ impl Etcd {
     /// Waits until the store shows `entries` keys (holder plus waiters) for `name`.
     pub async fn wait_queued(&self, name: &str, entries: usize) {
         let queued = async {
-            while self.queue_len(name).await < entries {
+            while SessionFactory::queue_len(self, name).await < entries {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         };
@@ -148,6 +148,17 @@ impl SessionFactory for Etcd {
     async fn queue_len(&self, name: &str) -> usize {
         let prefix = format!("{}{}/", self.config.namespace, name);
         direct_children(self.keys(name).await, &prefix)
+    }
+}
+
+#[locksmith_api::async_trait]
+impl CoordinationFactory for Etcd {
+    async fn connect(&self) -> Result<Arc<dyn Coordination>, LockError> {
+        Ok(Arc::new(EtcdLock::connect(&self.config).await?))
+    }
+
+    async fn queue_len(&self, name: &str) -> usize {
+        SessionFactory::queue_len(self, name).await
     }
 }
 

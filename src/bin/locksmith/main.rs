@@ -1,0 +1,293 @@
+//! `locksmith`: take a lock or lead a name from the command line, like `etcdctl lock` and
+//! `etcdctl elect`.
+//!
+//! ```text
+//! locksmith --url etcd://127.0.0.1:2379/ lock NAME -- CMD ARGS...   # hold while CMD runs
+//! locksmith --url etcd://127.0.0.1:2379/ lock NAME                  # print the key, hold until SIGINT/SIGTERM
+//! locksmith --url etcd://127.0.0.1:2379/ elect NAME VALUE -- CMD    # lead while CMD runs
+//! locksmith --url etcd://127.0.0.1:2379/ elect NAME VALUE           # print key and value, lead until SIGINT/SIGTERM
+//! locksmith --url etcd://127.0.0.1:2379/ elect --listen NAME        # print the leader and each change
+//! ```
+
+mod command;
+mod elect;
+mod signals;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use locksmith::{DistributedLock, LockConfig, LockError, LossReason};
+
+use signals::Signals;
+
+/// How long a release or session close may take on the way out.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(
+    name = "locksmith",
+    version,
+    about = "Named distributed locks from the command line"
+)]
+struct Cli {
+    /// Where the locks live: etcd://HOST:PORT[,HOST:PORT…]/[NAMESPACE][?ttl=SECS] or memory://
+    // Read as text and parsed in `main`: clap quotes a value it cannot parse, and a URL may
+    // carry a password. For the same reason `--help` does not show the environment's value.
+    #[arg(
+        long,
+        env = "LOCKSMITH_URL",
+        hide_env_values = true,
+        default_value = "memory://",
+        global = true
+    )]
+    url: String,
+
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Takes the lock NAME. With a command: holds it while the command runs (with
+    /// LOCKSMITH_KEY and LOCKSMITH_FENCING_TOKEN in its environment) and exits with its
+    /// status. Without: prints the key and holds until SIGINT or SIGTERM.
+    ///
+    /// If the lock is lost (session expired or revoked, key deleted), the command gets SIGTERM
+    /// and locksmith exits with status 1 and a one-line message naming the lock and why.
+    Lock {
+        /// The lock name.
+        name: String,
+        /// The command to run while holding the lock (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+
+    /// Campaigns to lead NAME, as `etcdctl elect` does, or prints who leads it (--listen).
+    ///
+    /// Campaigning: waits behind earlier candidates (first come, first served), then leads
+    /// with PROPOSAL as its value. With a command: runs it while leading (with LOCKSMITH_KEY
+    /// and LOCKSMITH_FENCING_TOKEN in its environment) and exits with its status. Without:
+    /// prints the leader key, then the value (one line each), and leads until SIGINT or
+    /// SIGTERM, then resigns. A signal while campaigning withdraws the candidate.
+    /// If leadership is lost (session expired or revoked, key deleted), the command gets
+    /// SIGTERM and locksmith exits with status 1 and a one-line message naming NAME and why.
+    ///
+    /// Listening (--listen): prints the leader now, then one line per change, until SIGINT
+    /// or SIGTERM (status 0); status 1 with a message if observing fails:
+    ///   KEY<TAB>FENCING_TOKEN<TAB>VALUE   someone leads (a new leader or a new value)
+    ///   <none>                            nobody leads
+    /// The token is the same for every value of one leadership and grows with each leader.
+    ///
+    /// Values print as text on one line: \\ \n \r \t are escaped, other control characters
+    /// print as \u{HEX} and bytes that are not UTF-8 as \xHH.
+    #[command(verbatim_doc_comment)]
+    Elect {
+        /// Print the leader and each change instead of campaigning.
+        #[arg(short = 'l', long, conflicts_with_all = ["proposal", "command"])]
+        listen: bool,
+        /// The election name.
+        name: String,
+        /// The value to lead with (required unless --listen).
+        #[arg(required_unless_present = "listen")]
+        proposal: Option<OsString>,
+        /// The command to run while leading (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+}
+
+/// How a command run under a hold is stopped.
+#[derive(Args)]
+struct RunOptions {
+    /// Seconds a command has to exit after SIGTERM (sent when the hold is lost or locksmith
+    /// is asked to stop) before it gets SIGKILL.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    kill_after: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))
+}
+
+/// Why the program stops, and with which status.
+pub enum Outcome {
+    /// Exit with this status.
+    Exit(u8),
+    /// Print this line (after `locksmith: `) and exit with status 1.
+    Failed(String),
+}
+
+impl From<LockError> for Outcome {
+    fn from(err: LockError) -> Self {
+        Outcome::Failed(one_line(&err))
+    }
+}
+
+/// What is held, for messages: `lock "NAME"`.
+pub struct Held {
+    what: &'static str,
+    name: String,
+}
+
+impl Held {
+    fn lock(name: &str) -> Self {
+        Held {
+            what: "lock",
+            name: name.to_owned(),
+        }
+    }
+
+    fn leadership(name: &str) -> Self {
+        Held {
+            what: "leadership of",
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.what, self.name)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match LockConfig::from_url(&cli.url) {
+        Ok(config) => config,
+        Err(err) => return finish(err.into()),
+    };
+    let outcome = match cli.command {
+        Commands::Lock { name, command, run } => match config.connect().await {
+            Ok(session) => {
+                let outcome = lock(&session, &name, &command, &run).await;
+                // Revoke the session before exiting: background cleanup would not outlive main.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
+                outcome
+            }
+            Err(err) => err.into(),
+        },
+        Commands::Elect {
+            listen,
+            name,
+            proposal,
+            command,
+            run,
+        } => match config.connect_coordination().await {
+            Ok(session) => {
+                let outcome = match proposal {
+                    Some(proposal) if !listen => {
+                        use std::os::unix::ffi::OsStrExt;
+                        elect::campaign(&session, &name, proposal.as_bytes(), &command, &run).await
+                    }
+                    _ => elect::listen(&session, &name).await,
+                };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
+                outcome
+            }
+            Err(err) => err.into(),
+        },
+    };
+    finish(outcome)
+}
+
+fn finish(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Exit(code) => ExitCode::from(code),
+        Outcome::Failed(message) => {
+            eprintln!("locksmith: {}", message.replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn lock(
+    session: &Arc<dyn DistributedLock>,
+    name: &str,
+    command: &[String],
+    run: &RunOptions,
+) -> Outcome {
+    let mut stop = match Signals::new() {
+        Ok(stop) => stop,
+        Err(message) => return Outcome::Failed(message),
+    };
+    let guard = tokio::select! {
+        guard = session.lock(name) => match guard {
+            Ok(guard) => guard,
+            Err(err) => return err.into(),
+        },
+        // Dropping the lock future withdraws our key from the queue.
+        signal = stop.recv() => return Outcome::Exit(signal.exit_code()),
+    };
+    let held = Held::lock(name);
+    let outcome = match command.split_first() {
+        Some((program, args)) => {
+            command::run_while_held(&guard, &held, program, args, run.kill_after, &mut stop).await
+        }
+        None => match print_lines(&[guard.key()]) {
+            Ok(()) => hold_until_signal(guard.lost(), &held, &mut stop).await,
+            Err(outcome) => outcome,
+        },
+    };
+    release(guard.unlock().await, outcome)
+}
+
+/// The outcome after releasing: a failed release fails an otherwise successful run.
+fn release(released: Result<(), LockError>, outcome: Outcome) -> Outcome {
+    match (released, outcome) {
+        (Err(err), Outcome::Exit(0)) => err.into(),
+        (_, outcome) => outcome,
+    }
+}
+
+/// Holds until SIGINT or SIGTERM (success) or `lost` (failure).
+async fn hold_until_signal(
+    lost: impl Future<Output = LossReason>,
+    held: &Held,
+    stop: &mut Signals,
+) -> Outcome {
+    tokio::select! {
+        _ = stop.recv() => Outcome::Exit(0),
+        reason = lost => Outcome::Failed(format!("{held} lost ({reason})")),
+    }
+}
+
+/// Prints lines on stdout; a closed stdout (a reader that went away) is a failure.
+fn print_lines(lines: &[&str]) -> Result<(), Outcome> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    lines
+        .iter()
+        .try_for_each(|line| writeln!(stdout, "{line}"))
+        .and_then(|()| stdout.flush())
+        .map_err(|err| Outcome::Failed(format!("cannot write to stdout: {err}")))
+}
+
+/// The error and its causes on one line.
+fn one_line(err: &LockError) -> String {
+    let mut line = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        // Messages that already quote their cause are not repeated.
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}
