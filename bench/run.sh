@@ -128,8 +128,9 @@ ordered_endpoints() { # leader|follower LEADER
 run() { # SETUP ENDPOINTS MODE CLIENTS
   local setup="$1" url="etcd://$2/" mode="$3" clients="$4" extra=() go_extra=()
   case "$mode" in
-    # Contended runs also sample the floor under their own load (loaded_floor_p50_us).
-    contended) extra=(--probe-floor) ;;
+    # Contended and failover runs also sample the floor under their own load
+    # (loaded_floor_p50_us).
+    contended | failover) extra=(--probe-floor) ;;
     # CLIENTS observers of one name on one session.
     observers) extra=(--observers "$clients") go_extra=(-observers "$clients") clients=1 ;;
   esac

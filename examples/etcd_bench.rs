@@ -19,7 +19,7 @@
 //! `release_p50_us` and `release_us`: how long the holders' unlock calls took, i.e. the delete's
 //! round trip on etcd under this very load, which a handoff cannot beat by much (etcd sends
 //! the delete's watch event and its reply as it applies it). With `--probe-floor`, contended
-//! runs also sample the floor while the clients contend (`loaded_floor_p50_us`,
+//! and failover runs also sample the floor while the clients contend (`loaded_floor_p50_us`,
 //! `loaded_floor_us`). `--setup TEXT` adds
 //! `"setup": TEXT`, which `bench/run.sh` uses to say what etcd the run measured.
 //!
@@ -63,9 +63,9 @@ struct Args {
     /// What etcd this run measures (e.g. `3 members, follower first`), copied to the report.
     #[arg(long)]
     setup: Option<String>,
-    /// Contended mode: also sample the floor while the clients contend, one delete → event
-    /// every 10 ms on a key of its own (`loaded_floor_p50_us`, `loaded_floor_us`): what a
-    /// delete's event costs on etcd under this very load.
+    /// Contended and failover modes: also sample the floor while the clients run, one
+    /// delete → event every 10 ms on a key of its own (`loaded_floor_p50_us`,
+    /// `loaded_floor_us`): what a delete's event costs on etcd under this very load.
     #[arg(long)]
     probe_floor: bool,
     /// Observers mode: how many observers of one name this process runs (on one session).
@@ -466,7 +466,8 @@ async fn main() -> Result<(), LockError> {
     let args = Args::parse();
     let config = etcd_config(&args.endpoints)?;
     let started = Instant::now();
-    let probe = (args.probe_floor && args.mode == Mode::Contended).then(|| {
+    let probed = matches!(args.mode, Mode::Contended | Mode::Failover);
+    let probe = (args.probe_floor && probed).then(|| {
         let deadline = started + Duration::from_secs_f64(args.duration);
         let config = config.clone();
         tokio::spawn(async move {
@@ -476,17 +477,12 @@ async fn main() -> Result<(), LockError> {
     let (mut latencies, violations, mut handoffs, mut releases) = match args.mode {
         Mode::Floor => (run_floor(&args, &config).await?, 0, Vec::new(), Vec::new()),
         Mode::Failover | Mode::Observe | Mode::Observers => {
-            return report_election(&args, run_election(&args, &config).await?);
+            let run = run_election(&args, &config).await?;
+            return report_election(&args, run, probe_samples(probe).await?);
         }
         _ => run_locks(&args, &config).await?,
     };
-    let mut loaded_floor = match probe {
-        Some(probe) => probe
-            .await
-            .map_err(|err| LockError::config_with("the floor probe failed", err))??,
-        None => Vec::new(),
-    };
-    loaded_floor.sort();
+    let loaded_floor = probe_samples(probe).await?;
     if args.mode != Mode::Contended {
         releases.clear();
     }
@@ -523,8 +519,27 @@ async fn main() -> Result<(), LockError> {
     print_report(&report)
 }
 
-/// The report of an election mode: its own fields beside the common ones.
-fn report_election(args: &Args, run: election::ElectionRun) -> Result<(), LockError> {
+/// The floor probe's samples, sorted (none without `--probe-floor`).
+async fn probe_samples(
+    probe: Option<tokio::task::JoinHandle<Result<Vec<Duration>, LockError>>>,
+) -> Result<Vec<Duration>, LockError> {
+    let mut samples = match probe {
+        Some(probe) => probe
+            .await
+            .map_err(|err| LockError::config_with("the floor probe failed", err))??,
+        None => Vec::new(),
+    };
+    samples.sort();
+    Ok(samples)
+}
+
+/// The report of an election mode: its own fields beside the common ones, and the floor
+/// sampled during the run (`--probe-floor`).
+fn report_election(
+    args: &Args,
+    run: election::ElectionRun,
+    loaded_floor: Vec<Duration>,
+) -> Result<(), LockError> {
     let elapsed = run.elapsed.as_secs_f64();
     let mut latencies = run.latencies;
     latencies.sort();
@@ -547,8 +562,9 @@ fn report_election(args: &Args, run: election::ElectionRun) -> Result<(), LockEr
         handoff_us: None,
         release_p50_us: None,
         release_us: None,
-        loaded_floor_p50_us: None,
-        loaded_floor_us: None,
+        loaded_floor_p50_us: (!loaded_floor.is_empty())
+            .then(|| percentile(&loaded_floor, 0.50).round()),
+        loaded_floor_us: (!loaded_floor.is_empty()).then(|| Distribution::of(&loaded_floor)),
         election: run.fields,
         setup: args.setup.clone(),
     };

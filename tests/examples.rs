@@ -178,7 +178,7 @@ fn etcd_bench_election_modes_print_their_distributions() {
         (report, output)
     };
 
-    let (report, output) = bench("failover", &["--clients", "3"]);
+    let (report, output) = bench("failover", &["--clients", "3", "--probe-floor"]);
     assert_eq!(report["clients"], 3, "{output}");
     assert_eq!(report["latency_us"]["n"], report["ops"], "{output}");
     let failover = &report["failover_us"];
@@ -187,6 +187,14 @@ fn etcd_bench_election_modes_print_their_distributions() {
     assert!(failover["n"].as_u64() > Some(0), "{output}");
     assert_eq!(
         report["resign_us"]["p50"], report["resign_p50_us"],
+        "{output}"
+    );
+    assert_eq!(
+        report["loaded_floor_us"]["p50"], report["loaded_floor_p50_us"],
+        "{output}"
+    );
+    assert!(
+        report["loaded_floor_us"]["n"].as_u64() > Some(0),
         "{output}"
     );
 
