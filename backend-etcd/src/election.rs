@@ -2,20 +2,25 @@
 //! queue key of the name (`{namespace}{name}/{lease id in hex}`, as a lock's), its value the
 //! proposal; the leader is the direct child of `{namespace}{name}/` with the lowest create
 //! revision. Campaigning is queueing for the lock (`mutex.rs`) with the proposal as the value;
-//! proclaiming is a put guarded by the leader key's create revision; resigning is the lock's
-//! release.
+//! proclaiming is a put guarded by the leader key's create revision (as Go's) and by the mod
+//! revision of its last proclamation (so a late attempt never lands over a later one);
+//! resigning is the lock's release.
 //!
 //! Observers of one name in one session share one [`LeaderFeed`], driven by one task: it reads
 //! every candidate, then follows one range watch (puts and deletes) on the session's watch
-//! stream from the revision after that read, and publishes the leader at each revision. A
-//! compaction or a reset stream makes it read again, from which it follows on: no change is
-//! missed, and the feed's versions (etcd revisions) never go back.
+//! stream from the revision after that read, and publishes the leader whenever it changes (a
+//! new leader, vacancy, or a put of the leader's key: a proclamation), not at every event of
+//! the range. A compaction or a reset stream makes it read again, from which it follows on: no
+//! change is missed, and the feed's versions (etcd revisions) never go back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
 use locksmith_api::{
     validate_name, FencingToken, LeaderFeed, LeaderInfo, LeaderState, LeaderWatch, Leadership,
     LockError, Proclaim,
@@ -64,50 +69,89 @@ pub(crate) async fn campaign(
         name: name.to_owned(),
         key: guard.key().to_owned(),
         revision,
+        // The campaign's put made the key: it was last modified at its creation.
+        applied: AtomicI64::new(revision),
     };
     Ok(Leadership::new(guard, value, Box::new(proclaimer)))
 }
 
 /// Proclaims for one leadership: a put of its key, only while the key has the leadership's
-/// create revision (so never on a later key of the session, nor after a resign).
+/// create revision (so never on a later key of the session, nor after a resign), and only over
+/// the value this leadership applied last (its mod revision): an attempt that reaches etcd
+/// late (a delayed request, a slow member) can never overwrite a later proclamation.
 struct EtcdProclaim {
     link: Arc<Link>,
     name: String,
     key: String,
     revision: i64,
+    /// The key's mod revision as this leadership last saw it.
+    applied: AtomicI64,
+}
+
+impl EtcdProclaim {
+    /// `Put` while the key is still this leadership's, as last seen; else read it.
+    fn txn(&self, value: &[u8], seen: i64) -> Txn {
+        let key = self.key.as_str();
+        Txn::new()
+            .when([
+                Compare::create_revision(key, CompareOp::Equal, self.revision),
+                Compare::mod_revision(key, CompareOp::Equal, seen),
+            ])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(self.link.lease_id)),
+            )])
+            .or_else([TxnOp::get(key, None)])
+    }
+
+    async fn lost(&self) -> LockError {
+        let reason = match self.link.ended_watch.reason() {
+            Some(reason) => reason,
+            None => why_deleted(&self.link).await,
+        };
+        LockError::LockLost {
+            name: self.name.clone(),
+            reason,
+        }
+    }
 }
 
 #[async_trait]
 impl Proclaim for EtcdProclaim {
     async fn proclaim(&self, value: &[u8]) -> Result<(), LockError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.as_str(),
-                CompareOp::Equal,
-                self.revision,
-            )])
-            .and_then([TxnOp::put(
-                self.key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(self.link.lease_id)),
-            )]);
-        // Applying the same put twice is harmless: retry until etcd answers.
-        let reply = retry::retry(&self.link, "proclaim the leader's value", |mut client| {
-            let txn = txn.clone();
-            async move { client.txn(txn).await }
-        })
-        .await?;
-        if reply.succeeded() {
-            return Ok(());
+        loop {
+            let seen = self.applied.load(Ordering::SeqCst);
+            let txn = self.txn(value, seen);
+            // Sending the same guarded put again is harmless: retry until etcd answers.
+            let reply = retry::retry(&self.link, "proclaim the leader's value", |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?;
+            if reply.succeeded() {
+                // The put's revision is the transaction's.
+                let at = reply.header().map_or(seen, |h| h.revision());
+                self.applied.store(at, Ordering::SeqCst);
+                return Ok(());
+            }
+            let now = match reply.op_responses().first() {
+                Some(TxnOpResponse::Get(read)) => read.kvs().first().cloned(),
+                _ => None,
+            };
+            match now {
+                Some(kv) if kv.create_revision() == self.revision => {
+                    self.applied.store(kv.mod_revision(), Ordering::SeqCst);
+                    // Changed since we last saw it: by an earlier attempt of this call whose
+                    // reply was lost (our value is there), or by someone else (an operator, a
+                    // dropped proclamation of ours): put ours over it.
+                    if kv.value() == value {
+                        return Ok(());
+                    }
+                }
+                _ => return Err(self.lost().await),
+            }
         }
-        let reason = match self.link.ended_watch.reason() {
-            Some(reason) => reason,
-            None => why_deleted(&self.link).await,
-        };
-        Err(LockError::LockLost {
-            name: self.name.clone(),
-            reason,
-        })
     }
 }
 
@@ -117,25 +161,23 @@ pub(crate) async fn leader(session: &Session, name: &str) -> Result<(i64, Leader
     session.check_alive()?;
     let prefix = prefix(session, name);
     let mut above = 0;
-    let mut at = 0;
     loop {
-        let mut page = GetOptions::new()
+        // Each page reads the store as it is now, not at the first page's revision (which a
+        // compaction may remove between pages, failing every read of a long prefix while the
+        // store is compacted often). The answer is still the leader as of this page's
+        // revision: the earlier pages held every key created below `above` and none was a
+        // candidate, and no key created later can have a create revision below `above`.
+        let page = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(PAGE)
             .with_min_create_revision(above);
-        if at > 0 {
-            // Later pages read the store as the first one did.
-            page = page.with_revision(at);
-        }
         let reply = retry::retry(session, "read the leader", |mut client| {
             let (prefix, page) = (prefix.clone(), page.clone());
             async move { client.get(prefix, Some(page)).await }
         })
         .await?;
-        if at == 0 {
-            at = reply.header().map_or(0, |h| h.revision());
-        }
+        let at = reply.header().map_or(0, |h| h.revision());
         if let Some(kv) = reply
             .kvs()
             .iter()
@@ -254,7 +296,7 @@ async fn follow_round(
             return Round::Reread;
         }
     };
-    feed.publish(at.unsigned_abs(), oldest(&candidates));
+    publish_if_changed(feed, at, oldest(&candidates), false);
     let mut watch = link
         .watches
         .watch_changes(prefix.as_bytes(), &prefix_end(prefix), at + 1);
@@ -263,12 +305,34 @@ async fn follow_round(
             Notice::Created => backoff.reset(),
             Notice::Changes(changes) => {
                 if let Some(last) = apply(prefix, &mut candidates, &changes) {
-                    feed.publish(last.unsigned_abs(), oldest(&candidates));
+                    let leader = oldest(&candidates);
+                    let proclaimed = leader
+                        .as_ref()
+                        .is_some_and(|leader| changes.iter().any(|c| is_put_of(c, leader)));
+                    publish_if_changed(feed, last, leader, proclaimed);
                 }
             }
             Notice::Deleted | Notice::Deletes(_) | Notice::Reread => return Round::Reread,
         }
     }
+}
+
+/// Publishes `leader` as of `revision` when it is not what the feed shows already, or when
+/// the leader `proclaimed` (a put of its key, even of the same value, is an item). A candidate
+/// queueing or withdrawing behind the leader, a nested name's key, a reread that finds the
+/// same leader: none is a change observers are promised.
+fn publish_if_changed(feed: &LeaderFeed, revision: i64, leader: LeaderState, proclaimed: bool) {
+    if proclaimed || feed.current().1 != leader {
+        feed.publish(revision.unsigned_abs(), leader);
+    }
+}
+
+/// True when `change` is a put of `leader`'s own key (same create revision): a proclamation,
+/// or the put that made it a candidate.
+fn is_put_of(change: &Change, leader: &LeaderInfo) -> bool {
+    !change.is_delete()
+        && change.key == leader.key().as_bytes()
+        && change.create_revision.unsigned_abs() == leader.fencing_token().get()
 }
 
 /// Applies one reply's events; returns the revision of the last one.

@@ -28,8 +28,9 @@ pub(crate) enum Owned {
     /// (etcd issue 22082).
     Revision(i64),
     /// A queue attempt whose create revision is unknown (its reply was lost): the value it
-    /// put. A lock attempt's value is unique to it, so a late withdrawal cannot delete a newer
-    /// key; a campaign's is its proposal (see [`Stamp::Proposal`]).
+    /// put. A lock attempt's value is unique to it; a campaign's is its proposal (see
+    /// [`Stamp::Proposal`]), so [`delete_if_owned`] reads the key's create revision first and
+    /// deletes by that.
     Value(Vec<u8>),
 }
 
@@ -48,19 +49,32 @@ pub(crate) enum Stamp {
 }
 
 /// Deletes `key` only if it is still the one `owned` describes. True when it deleted.
+///
+/// Only a delete guarded by the key's create revision is ever sent: one delayed on the network
+/// (or by a slow member) can land after this session made a newer key of the name, and must
+/// not delete that one. A key described by its value is first read, and deleted with the
+/// create revision it has then; a campaign's value (its proposal) is not unique to it.
 pub(crate) async fn delete_if_owned(
     mut client: Client,
     key: String,
     owned: Owned,
 ) -> Result<bool, etcd_client::Error> {
-    let guard = match owned {
-        Owned::Revision(revision) => {
-            Compare::create_revision(key.as_str(), CompareOp::Equal, revision)
+    let revision = match owned {
+        Owned::Revision(revision) => revision,
+        Owned::Value(value) => {
+            let read = client.get(key.as_str(), None).await?;
+            match read.kvs().first() {
+                Some(kv) if kv.value() == value.as_slice() => kv.create_revision(),
+                _ => return Ok(false),
+            }
         }
-        Owned::Value(value) => Compare::value(key.as_str(), CompareOp::Equal, value),
     };
     let txn = Txn::new()
-        .when([guard])
+        .when([Compare::create_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            revision,
+        )])
         .and_then([TxnOp::delete(key.as_str(), None)]);
     Ok(client.txn(txn).await?.succeeded())
 }

@@ -10,6 +10,9 @@ use common::{within, Etcd, GUARD};
 use locksmith_api::{DistributedLock, LeaderElection, LeaderState, LeaderWatch, LossReason};
 use locksmith_etcd::etcd_client::GetOptions;
 
+/// How long a blocked call is watched to make sure it stays blocked.
+const QUIET: Duration = Duration::from_millis(200);
+
 async fn next(watch: &mut LeaderWatch) -> LeaderState {
     match tokio::time::timeout(GUARD, watch.next()).await {
         Ok(Some(Ok(state))) => state,
@@ -129,23 +132,26 @@ async fn a_dropped_campaign_leaves_no_key() {
 async fn a_campaign_and_a_lock_of_one_session_take_turns() {
     let etcd = Etcd::new();
     let a = etcd.session().await;
+    // A lock waits for the session's leadership of the name...
     let leading = a.campaign("svc", b"a").await.unwrap();
     assert!(a.try_lock("svc").await.unwrap().is_none());
     let locking = {
         let a = a.clone();
         tokio::spawn(async move { a.lock("svc").await })
     };
-    let again = {
-        let a = a.clone();
-        tokio::spawn(async move { a.campaign("svc", b"again").await })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!locking.is_finished() && !again.is_finished());
+    tokio::time::sleep(QUIET).await;
+    assert!(!locking.is_finished(), "locked while leading");
     let token = leading.fencing_token();
     leading.resign().await.unwrap();
     let guard = within("the lock", locking).await.unwrap().unwrap();
     assert!(guard.fencing_token() > token);
-    assert!(!again.is_finished());
+    // ...and a campaign for the session's lock of it.
+    let again = {
+        let a = a.clone();
+        tokio::spawn(async move { a.campaign("svc", b"again").await })
+    };
+    tokio::time::sleep(QUIET).await;
+    assert!(!again.is_finished(), "elected while locked");
     let token = guard.fencing_token();
     guard.unlock().await.unwrap();
     let again = within("the second campaign", again).await.unwrap().unwrap();

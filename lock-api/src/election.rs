@@ -275,7 +275,8 @@ struct Published {
 
 /// The publishing half behind every [`LeaderWatch`] of one name; for backends.
 ///
-/// A backend keeps one feed per observed name and [`publish`](LeaderFeed::publish)es each state
+/// A backend keeps one feed per observed name and [`publish`](LeaderFeed::publish)es each
+/// change (a new leader, a proclamation, vacancy; not a candidate joining behind the leader)
 /// with a version that grows with the state's age (the etcd revision it was read at, a store
 /// counter in memory); an older or equal version is ignored, so watches never go backwards
 /// however late a publication arrives. Watches coalesce states they did not get to yield.
@@ -349,7 +350,6 @@ impl LeaderFeed {
         LeaderWatch {
             first: Some((version, first)),
             last_version: 0,
-            last_state: None,
             receiver: Some(self.sender.subscribe()),
             waiting: None,
             finished: false,
@@ -402,9 +402,6 @@ pub struct LeaderWatch {
     /// The state read when observing started, yielded first unless the feed is newer.
     first: Option<(u64, LeaderState)>,
     last_version: u64,
-    /// The state yielded last (`None` before the first item): a newer version with an equal
-    /// state (a candidate joined behind the leader, a value proclaimed again) is no change.
-    last_state: Option<LeaderState>,
     /// `None` while `waiting` owns it.
     receiver: Option<Receiver>,
     waiting: Option<Changed>,
@@ -463,10 +460,6 @@ impl LeaderWatch {
             match step {
                 Step::Yield(version, state) => {
                     self.last_version = version;
-                    if self.last_state.as_ref() == Some(&state) {
-                        continue;
-                    }
-                    self.last_state = Some(state.clone());
                     return Poll::Ready(Some(Ok(state)));
                 }
                 Step::End(error) => {
@@ -549,23 +542,6 @@ mod tests {
             next(&mut watch).await.unwrap().unwrap(),
             leader("a/2", "z", 11)
         );
-    }
-
-    #[tokio::test]
-    async fn an_equal_state_at_a_newer_version_is_no_item() {
-        let feed = LeaderFeed::new(1, leader("a/1", "x", 1));
-        let mut watch = feed.watch();
-        assert_eq!(
-            next(&mut watch).await.unwrap().unwrap(),
-            leader("a/1", "x", 1)
-        );
-        // A candidate joined behind the leader: a newer revision, the same leader.
-        assert!(feed.publish(2, leader("a/1", "x", 1)));
-        feed.end(LockError::SessionLost {
-            session: "1".into(),
-            reason: LossReason::Closed,
-        });
-        assert!(next(&mut watch).await.unwrap().is_err());
     }
 
     #[tokio::test]

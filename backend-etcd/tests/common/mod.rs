@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod hold_proxy;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
