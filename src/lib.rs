@@ -57,9 +57,9 @@ pub mod config;
 
 pub use config::{LockConfig, MemoryConfig};
 pub use locksmith_api::{
-    async_trait, validate_name, BoxError, Coordination, DistributedLock, FencingToken,
-    LeaderElection, LeaderInfo, LeaderState, LeaderWatch, Leadership, LockError, LockGuard,
-    LossReason, MAX_NAME_LEN,
+    async_trait, validate_name, BoxError, Coordination, DistributedLock, DistributedRwLock,
+    DistributedSemaphore, FencingToken, LeaderElection, LeaderInfo, LeaderState, LeaderWatch,
+    Leadership, LockError, LockGuard, LossReason, MAX_NAME_LEN,
 };
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]

@@ -43,6 +43,29 @@ pub enum LockError {
         reason: LossReason,
     },
 
+    /// A semaphore limit that cannot be used (0).
+    #[error("invalid limit {limit} for semaphore {name:?}: must be at least 1")]
+    InvalidLimit {
+        /// The semaphore name (cut to 64 characters).
+        name: String,
+        /// The limit as given.
+        limit: u32,
+    },
+
+    /// A semaphore acquired with another limit than its current holders and waiters use.
+    #[error(
+        "semaphore {name:?} is in use with limit {in_use}, not {limit}: every user of a name \
+         must pass the same limit"
+    )]
+    LimitMismatch {
+        /// The semaphore name.
+        name: String,
+        /// The limit this call passed.
+        limit: u32,
+        /// The limit the name is in use with.
+        in_use: u32,
+    },
+
     /// The lock was no longer held when the guard tried to release it.
     #[error("lock {name:?} was lost before unlock ({reason})")]
     LockLost {
@@ -125,6 +148,19 @@ impl LockError {
             LockError::LockLost { name, reason } => LockError::LockLost {
                 name: name.clone(),
                 reason: *reason,
+            },
+            LockError::InvalidLimit { name, limit } => LockError::InvalidLimit {
+                name: name.clone(),
+                limit: *limit,
+            },
+            LockError::LimitMismatch {
+                name,
+                limit,
+                in_use,
+            } => LockError::LimitMismatch {
+                name: name.clone(),
+                limit: *limit,
+                in_use: *in_use,
             },
             LockError::Unavailable {
                 backend,

@@ -42,6 +42,7 @@ mod error;
 mod fencing;
 mod guard;
 mod name;
+mod shared;
 pub mod table;
 
 #[cfg(feature = "conformance")]
@@ -56,6 +57,7 @@ pub use error::{BoxError, LockError, LossReason};
 pub use fencing::FencingToken;
 pub use guard::{Hold, LockGuard, LostSignal, LostWatch};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use shared::{validate_limit, DistributedRwLock, DistributedSemaphore};
 pub use table::{LockTable, Ticket};
 
 /// A client session that takes named, mutually exclusive locks.
