@@ -75,6 +75,7 @@ mod hold;
 mod hub;
 mod mutex;
 mod retry;
+mod rwlock;
 mod session;
 mod sweep;
 mod transport;
@@ -87,7 +88,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use locksmith_api::{
-    DistributedLock, LeaderElection, LeaderInfo, LeaderWatch, Leadership, LockError, LockGuard,
+    DistributedLock, DistributedRwLock, LeaderElection, LeaderInfo, LeaderWatch, Leadership,
+    LockError, LockGuard,
 };
 
 pub use config::{EtcdConfig, EtcdTls};
@@ -221,6 +223,30 @@ impl LeaderElection for EtcdLock {
     /// each starts from a read made by its own call.
     async fn observe(&self, name: &str) -> Result<LeaderWatch, LockError> {
         election::observe(&self.session, name).await
+    }
+}
+
+/// Go's `recipe.RWMutex` keys: readers `{namespace}{name}/read/{unique}`, writers
+/// `{namespace}{name}/write/{unique}`, so locksmith and Go readers share and writers of either
+/// exclude everyone. Locksmith counts only direct children of `read/` and `write/`; an RW lock
+/// `NAME` and a mutex `NAME` are independent (their keys differ), while a mutex named
+/// `NAME/read` would share keys with the readers of `NAME`, as in Go: do not mix them.
+#[async_trait]
+impl DistributedRwLock for EtcdLock {
+    async fn read(&self, name: &str) -> Result<LockGuard, LockError> {
+        rwlock::acquire(&self.session, name, rwlock::Side::Read).await
+    }
+
+    async fn try_read(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
+        rwlock::try_acquire(&self.session, name, rwlock::Side::Read).await
+    }
+
+    async fn write(&self, name: &str) -> Result<LockGuard, LockError> {
+        rwlock::acquire(&self.session, name, rwlock::Side::Write).await
+    }
+
+    async fn try_write(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
+        rwlock::try_acquire(&self.session, name, rwlock::Side::Write).await
     }
 }
 
