@@ -68,6 +68,7 @@
 //! lock is never reported acquired on an expired lease.
 #![warn(missing_docs)]
 
+mod attempt;
 mod config;
 mod election;
 mod error;

@@ -12,18 +12,16 @@
 //! again, until none is left. The wait is [`watch::gone`] (a watch from now, synced, then a
 //! read), so a handoff costs the delete event plus one read, never etcd's catch-up loop.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    TxnResponse,
 };
-use locksmith_api::{validate_name, LockError, LockGuard, LossReason};
+use locksmith_api::{validate_name, LockError, LockGuard};
 
-use crate::hold::{why_deleted, PendingKey, Stamp};
+use crate::attempt::{malformed, own_key_gone, prefix_end, read, Attempt, Sent};
 use crate::retry::{self, Backoff};
-use crate::session::{Link, Session};
+use crate::session::Session;
 use crate::watch::{self, is_direct_child, Watched};
 
 /// Keys read per page when looking past nested names for the newest older key.
@@ -36,44 +34,34 @@ pub(crate) enum Side {
     Write,
 }
 
-/// The keys of one attempt on one RW name.
+/// The prefixes of one RW name.
 struct RwKeys {
-    name: String,
     /// `{namespace}{name}/read/`.
     readers: String,
     /// `{namespace}{name}/write/`.
     writers: String,
-    /// This attempt's key.
-    own: String,
     side: Side,
 }
 
 impl RwKeys {
     fn new(session: &Session, name: &str, side: Side) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
         let base = format!("{}{}/", session.namespace, name);
-        let readers = format!("{base}read/");
-        let writers = format!("{base}write/");
-        let unique = format!(
-            "{:x}-{:x}",
-            session.lease_id,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let own = match side {
-            Side::Read => format!("{readers}{unique}"),
-            Side::Write => format!("{writers}{unique}"),
-        };
         RwKeys {
-            name: name.to_owned(),
-            readers,
-            writers,
-            own,
+            readers: format!("{base}read/"),
+            writers: format!("{base}write/"),
             side,
         }
     }
 
-    /// The prefixes whose older keys block this attempt: writers for a reader, both for a
-    /// writer.
+    /// Where this side's keys live.
+    fn own_prefix(&self) -> &str {
+        match self.side {
+            Side::Read => &self.readers,
+            Side::Write => &self.writers,
+        }
+    }
+
+    /// The prefixes whose older keys block this side: writers for a reader, both for a writer.
     fn blockers(&self) -> Vec<&str> {
         match self.side {
             Side::Read => vec![self.writers.as_str()],
@@ -82,14 +70,8 @@ impl RwKeys {
     }
 }
 
-/// The end of the key range of `prefix` (which ends with `/`).
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
-}
+/// A newest blocking key and its create revision.
+type Blocker = Option<(Vec<u8>, i64)>;
 
 /// Waits for `side` of `name` in FIFO order with writer preference; see [`crate::EtcdLock`].
 pub(crate) async fn acquire(
@@ -100,13 +82,14 @@ pub(crate) async fn acquire(
     validate_name(name)?;
     session.check_alive()?;
     let keys = RwKeys::new(session, name, side);
-    let pending = pending_key(session, &keys)?;
+    let attempt = Attempt::new(session, name, keys.own_prefix())?;
     let acquired = tokio::select! {
         biased;
         err = session.ended() => Err(err),
-        acquired = enqueue_and_wait(session, &keys, &pending) => acquired,
+        acquired = enqueue_and_wait(session, &keys, &attempt) => acquired,
     }?;
-    Ok(pending.into_guard(session, name, acquired.revision, acquired.header))
+    let (revision, header) = acquired;
+    Ok(attempt.pending.into_guard(session, name, revision, header))
 }
 
 /// Takes `side` of `name` only if nothing blocks it now: one transaction that puts the key
@@ -120,10 +103,10 @@ pub(crate) async fn try_acquire(
     validate_name(name)?;
     session.check_alive()?;
     let keys = RwKeys::new(session, name, side);
-    let pending = pending_key(session, &keys)?;
+    let attempt = Attempt::new(session, name, keys.own_prefix())?;
     // Our key absent (a retry after a lost reply finds it, and takes it: nothing blocked it
     // when it was put) and no blocking key anywhere in the blocking ranges.
-    let own_absent = Compare::create_revision(keys.own.as_str(), CompareOp::Equal, 0);
+    let own_absent = Compare::create_revision(attempt.own.as_str(), CompareOp::Equal, 0);
     let none_of = keys.blockers().into_iter().map(|prefix| {
         Compare::create_revision(prefix, CompareOp::Equal, 0).with_range(prefix_end(prefix))
     });
@@ -134,184 +117,36 @@ pub(crate) async fn try_acquire(
                 .collect::<Vec<_>>(),
         )
         .and_then([TxnOp::put(
-            keys.own.as_str(),
-            pending.value.clone(),
+            attempt.own.as_str(),
+            attempt.pending.value.clone(),
             Some(PutOptions::new().with_lease(session.lease_id)),
         )])
-        .or_else([TxnOp::get(keys.own.as_str(), None)]);
-    match send_queue_txn(session, &keys, &pending, txn).await? {
-        Some(queued) => Ok(Some(pending.into_guard(
+        .or_else([TxnOp::get(attempt.own.as_str(), None)]);
+    match attempt.send(session, txn).await? {
+        Some(sent) => Ok(Some(attempt.pending.into_guard(
             session,
             name,
-            queued.revision,
-            queued.header,
+            sent.revision,
+            sent.header,
         ))),
         None => {
             // Nothing was put: the withdrawal finds no key.
-            pending.withdraw().await?;
+            attempt.pending.withdraw().await?;
             Ok(None)
         }
     }
 }
 
-/// A pending key for the attempt, on a local ticket of its own key (never contended: the key
-/// is unique), so that its withdrawal and release are the mutex's.
-fn pending_key(session: &Session, keys: &RwKeys) -> Result<PendingKey, LockError> {
-    let ticket = session
-        .local
-        .try_acquire(&keys.own, ())
-        .ok_or_else(|| LockError::Backend {
-            backend: "etcd",
-            operation: format!("queue for {:?}", keys.name),
-            source: "a key of this attempt is already in use in this session".into(),
-        })?;
-    Ok(PendingKey::new(session, &keys.own, ticket, Stamp::Nonce))
-}
-
-/// Where a queued key stands.
-#[derive(Debug, Clone)]
-struct Queued {
-    /// The key's create revision: its place and its fencing token.
-    revision: i64,
-    /// The store revision of the answer.
-    header: i64,
-    /// What the put's own reads found blocking it: `Some(None)` nothing, `Some(Some(key))`
-    /// the newest blocking key; `None` when they could not tell (a retry's answer, or pages
-    /// full of nested names).
-    blocker: Option<Option<(Vec<u8>, i64)>>,
-}
-
-/// Puts our key (if `txn` does) in a task of its own that holds the pending key's gate, as the
-/// mutex's queue does: a dropped caller's withdrawal then waits for it. `None` when the
-/// transaction's compares failed (a `try_` refused).
-async fn send_queue_txn(
-    session: &Session,
-    keys: &RwKeys,
-    pending: &PendingKey,
-    txn: Txn,
-) -> Result<Option<Queued>, LockError> {
-    let link = session.link();
-    let (sent, gate, abandoned, revision_cell) = (
-        Arc::clone(&pending.sent),
-        Arc::clone(&pending.gate),
-        Arc::clone(&pending.abandoned),
-        Arc::clone(&pending.revision),
-    );
-    let (unsure, local, runtime) = (
-        Arc::clone(&session.unsure),
-        Arc::clone(&session.local),
-        session.runtime.clone(),
-    );
-    let (own, value) = (keys.own.clone(), pending.value.clone());
-    let prefixes: Vec<String> = keys.blockers().into_iter().map(str::to_owned).collect();
-    let flight = session.runtime.spawn(async move {
-        let _in_flight = gate.lock_owned().await;
-        if abandoned.load(Ordering::SeqCst) {
-            return Err(LockError::LockLost {
-                name: own.clone(),
-                reason: LossReason::Unknown,
-            });
-        }
-        let mut calls = 0;
-        let reply = retry::retry(&link, "queue for the lock", |mut client| {
-            calls += 1;
-            sent.store(true, Ordering::SeqCst);
-            let txn = txn.clone();
-            async move { client.txn(txn).await }
-        })
-        .await;
-        if calls > 1 || (calls == 1 && reply.is_err()) {
-            // A put that may still land after this attempt is over: swept later.
-            unsure.note(&link, &local, &runtime, &own, &own, &value);
-        }
-        let reply = reply?;
-        let queued = queued(&reply, &own, &value, &prefixes)?;
-        if let Some(queued) = &queued {
-            revision_cell.store(queued.revision, Ordering::SeqCst);
-        }
-        Ok(queued)
-    });
-    match flight.await {
-        Ok(queued) => queued,
-        Err(err) => Err(LockError::Backend {
-            backend: "etcd",
-            operation: "queue for the lock".to_owned(),
-            source: Box::new(err),
-        }),
-    }
-}
-
-/// Reads our key's revision from a queue reply: the put's (the transaction's revision), or
-/// the key found in place by a retry after a lost reply (the key is unique to the attempt, and
-/// carries its value).
-fn queued(
-    reply: &TxnResponse,
-    own: &str,
-    value: &[u8],
-    prefixes: &[String],
-) -> Result<Option<Queued>, LockError> {
-    let header = reply.header().map_or(0, |h| h.revision());
-    if !reply.succeeded() {
-        return Ok(match reply.op_responses().first() {
-            Some(TxnOpResponse::Get(found)) => found
-                .kvs()
-                .first()
-                .filter(|kv| kv.key() == own.as_bytes() && kv.value() == value)
-                .map(|kv| Queued {
-                    revision: kv.create_revision(),
-                    header,
-                    blocker: None,
-                }),
-            _ => None,
-        });
-    }
-    if header <= 0 {
-        return Err(malformed("the queue transaction"));
-    }
-    Ok(Some(Queued {
-        revision: header,
-        header,
-        blocker: blocker_in(reply, prefixes, own),
-    }))
-}
-
-/// The newest blocking key among the put's own reads (one per blocking prefix, newest first,
-/// taken at the put's revision: every key there is older than ours, or ours).
-fn blocker_in(
-    reply: &TxnResponse,
-    prefixes: &[String],
-    own: &str,
-) -> Option<Option<(Vec<u8>, i64)>> {
-    let mut newest: Option<(Vec<u8>, i64)> = None;
-    let gets = reply.op_responses().into_iter().skip(1);
-    for (prefix, response) in prefixes.iter().zip(gets) {
-        let TxnOpResponse::Get(found) = response else {
-            return None;
-        };
-        let direct = found
-            .kvs()
-            .iter()
-            .filter(|kv| kv.key() != own.as_bytes())
-            .find(|kv| is_direct_child(prefix.as_bytes(), kv.key()));
-        match direct {
-            Some(kv) => keep_newest(&mut newest, kv),
-            // A full page of nested names (or our own key alone and more): read further.
-            None if found.more() => return None,
-            None => {}
-        }
-    }
-    Some(newest)
-}
-
-/// Queues our key, then waits until no older key blocks it.
+/// Queues our key, then waits until no older key blocks it; returns the key's create revision
+/// and the store revision at which it was found to hold.
 async fn enqueue_and_wait(
     session: &Session,
     keys: &RwKeys,
-    pending: &PendingKey,
-) -> Result<Queued, LockError> {
+    attempt: &Attempt,
+) -> Result<(i64, i64), LockError> {
     let put = TxnOp::put(
-        keys.own.as_str(),
-        pending.value.clone(),
+        attempt.own.as_str(),
+        attempt.pending.value.clone(),
         Some(PutOptions::new().with_lease(session.lease_id)),
     );
     // Put unless a retry finds our key already there (its reply was lost): then read it. The
@@ -328,31 +163,27 @@ async fn enqueue_and_wait(
         .map(|prefix| TxnOp::get(prefix, Some(newest.clone())));
     let txn = Txn::new()
         .when([Compare::create_revision(
-            keys.own.as_str(),
+            attempt.own.as_str(),
             CompareOp::Equal,
             0,
         )])
         .and_then(std::iter::once(put).chain(reads).collect::<Vec<_>>())
-        .or_else([TxnOp::get(keys.own.as_str(), None)]);
-    let Some(queued) = send_queue_txn(session, keys, pending, txn).await? else {
-        return Err(own_key_gone(session, &keys.name).await);
+        .or_else([TxnOp::get(attempt.own.as_str(), None)]);
+    let Some(sent) = attempt.send(session, txn).await? else {
+        return Err(own_key_gone(session, &attempt.name).await);
     };
+    let mut known = blocker_in(&sent, &keys.blockers(), &attempt.own);
     let mut backoff = Backoff::default();
-    let mut known = queued.blocker.clone();
     loop {
         let (blocker, own, header) = match known.take() {
-            Some(blocker) => (blocker, Some(queued.revision), queued.header),
-            None => newest_blocker(session, keys, queued.revision).await?,
+            Some(blocker) => (blocker, Some(sent.revision), sent.header),
+            None => newest_blocker(session, keys, &attempt.own, sent.revision).await?,
         };
-        if own != Some(queued.revision) {
-            return Err(own_key_gone(session, &keys.name).await);
+        if own != Some(sent.revision) {
+            return Err(own_key_gone(session, &attempt.name).await);
         }
         let Some((key, revision)) = blocker else {
-            return Ok(Queued {
-                revision: queued.revision,
-                header,
-                blocker: None,
-            });
+            return Ok((sent.revision, header));
         };
         match watch::gone(session, &key, revision).await {
             Ok(Watched::Deleted) => backoff.reset(),
@@ -372,14 +203,42 @@ async fn enqueue_and_wait(
     }
 }
 
+/// The newest blocking key among the put's own reads (one per blocking prefix, newest first,
+/// taken at the put's revision: every key there is older than ours, or ours).
+fn blocker_in(sent: &Sent, prefixes: &[&str], own: &str) -> Option<Blocker> {
+    if !sent.put_now {
+        return None;
+    }
+    let mut newest: Blocker = None;
+    let gets = sent.reply.op_responses().into_iter().skip(1);
+    for (prefix, response) in prefixes.iter().zip(gets) {
+        let TxnOpResponse::Get(found) = response else {
+            return None;
+        };
+        let direct = found
+            .kvs()
+            .iter()
+            .filter(|kv| kv.key() != own.as_bytes())
+            .find(|kv| is_direct_child(prefix.as_bytes(), kv.key()));
+        match direct {
+            Some(kv) => keep_newest(&mut newest, kv),
+            // A full page of nested names (or our own key alone and more): read further.
+            None if found.more() => return None,
+            None => {}
+        }
+    }
+    Some(newest)
+}
+
 /// The newest key older than `revision` under the blocking prefixes (direct children only),
 /// our own key's create revision, and the store revision they were read at: one round trip,
 /// unless pages full of nested names need more.
 async fn newest_blocker(
     session: &Session,
     keys: &RwKeys,
+    own_key: &str,
     revision: i64,
-) -> Result<(Option<(Vec<u8>, i64)>, Option<i64>, i64), LockError> {
+) -> Result<(Blocker, Option<i64>, i64), LockError> {
     let older = |below: i64| {
         GetOptions::new()
             .with_prefix()
@@ -394,7 +253,7 @@ async fn newest_blocker(
             .iter()
             .map(|prefix| TxnOp::get(*prefix, Some(older(revision - 1))))
             .chain([TxnOp::get(
-                keys.own.as_str(),
+                own_key,
                 Some(GetOptions::new().with_keys_only()),
             )])
             .collect::<Vec<_>>(),
@@ -406,7 +265,7 @@ async fn newest_blocker(
         Some(TxnOpResponse::Get(mine)) => mine.kvs().first().map(|kv| kv.create_revision()),
         _ => return Err(malformed("the queue read")),
     };
-    let mut newest: Option<(Vec<u8>, i64)> = None;
+    let mut newest: Blocker = None;
     for (prefix, response) in prefixes.iter().zip(responses) {
         let TxnOpResponse::Get(mut found) = response else {
             return Err(malformed("the queue read"));
@@ -440,41 +299,11 @@ async fn newest_blocker(
 }
 
 /// Keeps `kv` in `newest` if it was created later than what is there.
-fn keep_newest(newest: &mut Option<(Vec<u8>, i64)>, kv: &etcd_client::KeyValue) {
+fn keep_newest(newest: &mut Blocker, kv: &etcd_client::KeyValue) {
     if newest
         .as_ref()
         .is_none_or(|(_, revision)| kv.create_revision() > *revision)
     {
         *newest = Some((kv.key().to_vec(), kv.create_revision()));
-    }
-}
-
-async fn read(session: &Session, txn: Txn) -> Result<TxnResponse, LockError> {
-    retry::retry(session, "read the lock queue", |mut client| {
-        let txn = txn.clone();
-        async move { client.txn(txn).await }
-    })
-    .await
-}
-
-/// Our key went while we waited: with the session's lease, or deleted on its own.
-async fn own_key_gone(link: &Link, name: &str) -> LockError {
-    if let Some(reason) = link.ended_watch.reason() {
-        return link.lost_error(reason);
-    }
-    match why_deleted(link).await {
-        LossReason::Deleted => LockError::LockLost {
-            name: name.to_owned(),
-            reason: LossReason::Deleted,
-        },
-        reason => link.lost_error(link.ended_watch.reason().unwrap_or(reason)),
-    }
-}
-
-fn malformed(what: &str) -> LockError {
-    LockError::Backend {
-        backend: "etcd",
-        operation: what.to_owned(),
-        source: "etcd answered with an unexpected reply".into(),
     }
 }
