@@ -11,7 +11,7 @@ use std::sync::Arc;
 use etcd_client::{Txn, TxnOpResponse, TxnResponse};
 use locksmith_api::{LockError, LossReason};
 
-use crate::hold::{why_deleted, PendingKey, Stamp};
+use crate::hold::{new_nonce, why_deleted, PendingKey, Stamp};
 use crate::retry;
 use crate::session::{Link, Session};
 
@@ -36,8 +36,15 @@ pub(crate) struct Sent {
 }
 
 impl Attempt {
-    /// A new attempt on `name` whose key is `{prefix}{lease id in hex}-{n in hex}`.
-    pub(crate) fn new(session: &Session, name: &str, prefix: &str) -> Result<Attempt, LockError> {
+    /// A new attempt on `name` whose key is `{prefix}{lease id in hex}-{n in hex}`, its value
+    /// a token unique to the attempt, after `value_head` and a space if given (a semaphore
+    /// puts its limit there).
+    pub(crate) fn new(
+        session: &Session,
+        name: &str,
+        prefix: &str,
+        value_head: Option<&str>,
+    ) -> Result<Attempt, LockError> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let own = format!(
             "{prefix}{:x}-{:x}",
@@ -52,7 +59,12 @@ impl Attempt {
                 operation: format!("queue for {name:?}"),
                 source: "a key of this attempt is already in use in this session".into(),
             })?;
-        let pending = PendingKey::new(session, &own, ticket, Stamp::Nonce);
+        let stamp = match value_head {
+            None => Stamp::Nonce,
+            // Unique to the attempt all the same: the nonce follows.
+            Some(head) => Stamp::Proposal(format!("{head} {}", new_nonce()).into_bytes()),
+        };
+        let pending = PendingKey::new(session, &own, ticket, stamp);
         Ok(Attempt {
             name: name.to_owned(),
             own,

@@ -211,6 +211,26 @@ impl Subscription {
     pub(crate) async fn next(&mut self) -> Notice {
         self.notices.recv().await.unwrap_or(Notice::Reread)
     }
+
+    /// Polls for the next notice, as [`next`](Self::next).
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Notice> {
+        self.notices
+            .poll_recv(cx)
+            .map(|notice| notice.unwrap_or(Notice::Reread))
+    }
+}
+
+/// The next notice of any of `subscriptions`, with the index of the one it came from.
+pub(crate) async fn next_of(subscriptions: &mut [Subscription]) -> (usize, Notice) {
+    std::future::poll_fn(|cx| {
+        for (index, subscription) in subscriptions.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(notice) = subscription.poll_next(cx) {
+                return std::task::Poll::Ready((index, notice));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 impl Drop for Subscription {

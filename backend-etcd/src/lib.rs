@@ -77,6 +77,7 @@ mod hub;
 mod mutex;
 mod retry;
 mod rwlock;
+mod semaphore;
 mod session;
 mod sweep;
 mod transport;
@@ -89,8 +90,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use locksmith_api::{
-    DistributedLock, DistributedRwLock, LeaderElection, LeaderInfo, LeaderWatch, Leadership,
-    LockError, LockGuard,
+    DistributedLock, DistributedRwLock, DistributedSemaphore, LeaderElection, LeaderInfo,
+    LeaderWatch, Leadership, LockError, LockGuard,
 };
 
 pub use config::{EtcdConfig, EtcdTls};
@@ -248,6 +249,22 @@ impl DistributedRwLock for EtcdLock {
 
     async fn try_write(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
         rwlock::try_acquire(&self.session, name, rwlock::Side::Write).await
+    }
+}
+
+/// locksmith's own layout (Go has no semaphore): a permit is the key
+/// `{namespace}\u{1f}semaphore/{NAME}/{lease id in hex}-{n}` (`%` and `/` in `NAME` written
+/// `%25` and `%2F`), its value `{limit} {token}`; the unit separator keeps these keys apart
+/// from every lock, election and RW key. An uncontended acquire is one transaction, a release
+/// one guarded delete; each release reaches at most `limit` + 2 waiters.
+#[async_trait]
+impl DistributedSemaphore for EtcdLock {
+    async fn acquire(&self, name: &str, limit: u32) -> Result<LockGuard, LockError> {
+        semaphore::acquire(&self.session, name, limit).await
+    }
+
+    async fn try_acquire(&self, name: &str, limit: u32) -> Result<Option<LockGuard>, LockError> {
+        semaphore::try_acquire(&self.session, name, limit).await
     }
 }
 

@@ -82,7 +82,7 @@ pub(crate) async fn acquire(
     validate_name(name)?;
     session.check_alive()?;
     let keys = RwKeys::new(session, name, side);
-    let attempt = Attempt::new(session, name, keys.own_prefix())?;
+    let attempt = Attempt::new(session, name, keys.own_prefix(), None)?;
     let acquired = tokio::select! {
         biased;
         err = session.ended() => Err(err),
@@ -103,7 +103,7 @@ pub(crate) async fn try_acquire(
     validate_name(name)?;
     session.check_alive()?;
     let keys = RwKeys::new(session, name, side);
-    let attempt = Attempt::new(session, name, keys.own_prefix())?;
+    let attempt = Attempt::new(session, name, keys.own_prefix(), None)?;
     // Our key absent (a retry after a lost reply finds it, and takes it: nothing blocked it
     // when it was put) and no blocking key anywhere in the blocking ranges.
     let own_absent = Compare::create_revision(attempt.own.as_str(), CompareOp::Equal, 0);
