@@ -234,22 +234,35 @@ impl MemoryLock {
         Ok(ticket)
     }
 
+    /// The guard of a granted entry. A lock's (or leader's) key is `{name}/{session:x}`;
+    /// readers, writers and permits, of which one session may hold several, get
+    /// `{name}/read/…`, `{name}/write/…` and `{name}/permit/…` keys ending in
+    /// `{session:x}_{token}`, unique per hold.
     pub(crate) fn guard(
         &self,
         ticket: Ticket<HoldTag>,
         tag: HoldTag,
         watch: LostWatch,
     ) -> LockGuard {
-        LockGuard::with_session_key(
-            Arc::clone(ticket.shared_name()),
-            self.session.id,
-            ticket.token(),
-            watch,
-            Box::new(MemoryHold {
-                ticket,
-                lost: tag.lost,
-            }),
-        )
+        let kind = match ticket.claim() {
+            Claim::Lock => None,
+            Claim::Read => Some("read"),
+            Claim::Write => Some("write"),
+            Claim::Permit { .. } => Some("permit"),
+        };
+        let name = Arc::clone(ticket.shared_name());
+        let (id, token) = (self.session.id, ticket.token());
+        let hold = Box::new(MemoryHold {
+            ticket,
+            lost: tag.lost,
+        });
+        match kind {
+            None => LockGuard::with_session_key(name, id, token, watch, hold),
+            Some(kind) => {
+                let key = format!("{name}/{kind}/{id:x}_{}", token.get());
+                LockGuard::new(&*name, key, token, watch, hold)
+            }
+        }
     }
 }
 

@@ -179,7 +179,7 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         let outcome = wake.await;
         withdraw.armed = false;
         match outcome {
-            Ok(Ok((shared, token))) => Ok(self.ticket(claim.family(), shared, ticket, token)),
+            Ok(Ok((shared, token))) => Ok(self.ticket(claim, shared, ticket, token)),
             Ok(Err(err)) => Err(err),
             // Waiters are only removed after being sent a result; this is defensive.
             Err(_) => Err(LockError::LockLost {
@@ -203,13 +203,8 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         let (queue, last_token, hook) = state.queue(claim.family(), name);
         queue.check_limit(claim)?;
         if queue.admits_now(claim) {
-            let granted = take(queue, ticket, claim, tag, last_token, hook);
-            return Ok(Enqueued::Granted(self.ticket(
-                claim.family(),
-                granted.0,
-                ticket,
-                granted.1,
-            )));
+            let (shared, token) = take(queue, ticket, claim, tag, last_token, hook);
+            return Ok(Enqueued::Granted(self.ticket(claim, shared, ticket, token)));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         queue.entries.push_back(queue::Entry {
@@ -249,7 +244,7 @@ impl<T: Clone + Send + 'static> LockTable<T> {
             return Ok(None);
         }
         let (shared, token) = take(queue, ticket, claim, tag, last_token, hook);
-        Ok(Some(self.ticket(claim.family(), shared, ticket, token)))
+        Ok(Some(self.ticket(claim, shared, ticket, token)))
     }
 
     /// Removes every holder and waiter whose tag matches, in every family, as a session
@@ -362,14 +357,14 @@ impl<T: Clone + Send + 'static> LockTable<T> {
 
     fn ticket(
         self: &Arc<Self>,
-        family: Family,
+        claim: Claim,
         name: Arc<str>,
         ticket: u64,
         token: FencingToken,
     ) -> Ticket<T> {
         Ticket {
             table: Arc::clone(self),
-            family,
+            claim,
             name,
             ticket,
             token,
@@ -537,7 +532,7 @@ impl<T: Clone + Send + 'static> Drop for Withdraw<'_, T> {
 /// One granted entry of a [`LockTable`] queue; released when dropped.
 pub struct Ticket<T: Clone + Send + 'static> {
     table: Arc<LockTable<T>>,
-    family: Family,
+    claim: Claim,
     name: Arc<str>,
     ticket: u64,
     token: FencingToken,
@@ -555,9 +550,9 @@ impl<T: Clone + Send + 'static> Ticket<T> {
         &self.name
     }
 
-    /// The family of the queue this ticket holds in.
-    pub fn family(&self) -> Family {
-        self.family
+    /// What this ticket holds: a lock, a read, a write or a permit.
+    pub fn claim(&self) -> Claim {
+        self.claim
     }
 
     /// The table's fencing token for this hold.
@@ -569,7 +564,7 @@ impl<T: Clone + Send + 'static> Ticket<T> {
     pub fn is_held(&self) -> bool {
         let state = self.table.state.lock();
         state
-            .names(self.family)
+            .names(self.claim.family())
             .get(&*self.name)
             .is_some_and(|q| q.holds(self.ticket))
     }
@@ -585,14 +580,16 @@ impl<T: Clone + Send + 'static> Ticket<T> {
         if std::mem::replace(&mut self.released, true) {
             return false;
         }
-        self.table.release(self.family, &self.name, self.ticket)
+        self.table
+            .release(self.claim.family(), &self.name, self.ticket)
     }
 }
 
 impl<T: Clone + Send + 'static> Drop for Ticket<T> {
     fn drop(&mut self) {
         if !self.released {
-            self.table.release(self.family, &self.name, self.ticket);
+            self.table
+                .release(self.claim.family(), &self.name, self.ticket);
         }
     }
 }
@@ -600,7 +597,7 @@ impl<T: Clone + Send + 'static> Drop for Ticket<T> {
 impl<T: Clone + Send + 'static> fmt::Debug for Ticket<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ticket")
-            .field("family", &self.family)
+            .field("claim", &self.claim)
             .field("name", &self.name)
             .field("token", &self.token)
             .finish()
