@@ -77,7 +77,15 @@
 //! ```
 #![warn(missing_docs)]
 
+// Modules build on each other in this order, without cycles: `hold` (table entries) ←
+// `observers` ← `store` ← `session` ← the primitives (`mutex`, `election`, `rwlock`,
+// `semaphore`).
 mod election;
+mod hold;
+mod mutex;
+mod observers;
+mod rwlock;
+mod semaphore;
 mod session;
 mod store;
 

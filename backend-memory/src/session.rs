@@ -3,16 +3,14 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use locksmith_api::{
-    validate_name, DistributedLock, Hold, LockError, LockGuard, LossReason, LostSignal, LostWatch,
-    Ticket,
+    validate_name, Claim, LockError, LockGuard, LossReason, LostSignal, LostWatch, Ticket,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
-use crate::election::Candidate;
-use crate::store::{HoldTag, MemoryStore};
+use crate::hold::{Candidate, HoldTag, MemoryHold};
+use crate::store::{MemoryStore, DEFAULT_TTL, MAX_TTL};
 
 /// One client session on a [`MemoryStore`]; implements [`DistributedLock`].
 ///
@@ -38,6 +36,45 @@ struct Session {
     keeper: mpsc::UnboundedSender<Duration>,
     /// The runtime the session was opened on, for its background tasks.
     runtime: tokio::runtime::Handle,
+}
+
+/// Opening sessions: here rather than in `store.rs`, so that the store does not depend on
+/// the sessions built on it.
+impl MemoryStore {
+    /// Opens a new client session with the default TTL (10 s).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] when called outside a tokio runtime (the session's
+    /// keepalive runs on it).
+    pub fn connect(&self) -> Result<MemoryLock, LockError> {
+        self.connect_with_ttl(DEFAULT_TTL)
+    }
+
+    /// Opens a new client session whose TTL is `ttl`.
+    ///
+    /// The TTL matters only when the keepalive stops: after
+    /// [`MemoryLock::pause_keepalive`] for longer than the TTL the session expires, as an etcd
+    /// lease of a paused process would.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for a zero TTL, one longer than [`MAX_TTL`], or outside a
+    /// tokio runtime.
+    pub fn connect_with_ttl(&self, ttl: Duration) -> Result<MemoryLock, LockError> {
+        if ttl.is_zero() {
+            return Err(LockError::config(
+                "memory session TTL must be greater than zero (the default is 10 s)",
+            ));
+        }
+        if ttl > MAX_TTL {
+            return Err(LockError::config(format!(
+                "memory session TTL {} s is too long: at most {} s (the default is 10 s)",
+                ttl.as_secs(),
+                MAX_TTL.as_secs()
+            )));
+        }
+        let id = self.next_session_id();
+        MemoryLock::start(self.clone(), id, ttl)
+    }
 }
 
 impl MemoryLock {
@@ -107,6 +144,33 @@ impl MemoryLock {
         let _ = self.session.keeper.send(pause);
     }
 
+    /// Ends the session now (see [`Session::end`]).
+    pub(crate) fn end(&self, reason: LossReason) {
+        self.session.end(reason);
+    }
+
+    /// Waits for `claim` of `name` (a lock, read, write or permit) and guards it.
+    pub(crate) async fn hold(&self, claim: Claim, name: &str) -> Result<LockGuard, LockError> {
+        validate_name(name)?;
+        self.check_alive()?;
+        let (tag, watch) = self.tag(None);
+        let ticket = self.enqueue(claim, name, &tag).await?;
+        Ok(self.guard(ticket, tag, watch))
+    }
+
+    /// Takes `claim` of `name` if it is granted now and nobody waits, and guards it.
+    pub(crate) fn try_hold(
+        &self,
+        claim: Claim,
+        name: &str,
+    ) -> Result<Option<LockGuard>, LockError> {
+        validate_name(name)?;
+        self.check_alive()?;
+        let (tag, watch) = self.tag(None);
+        let ticket = self.try_enqueue(claim, name, &tag)?;
+        Ok(ticket.map(|ticket| self.guard(ticket, tag, watch)))
+    }
+
     pub(crate) fn check_alive(&self) -> Result<(), LockError> {
         match self.session.ended_watch.reason() {
             Some(reason) => Err(self.session.lost_error(reason)),
@@ -119,7 +183,8 @@ impl MemoryLock {
         self.session.runtime.spawn(task);
     }
 
-    /// A new table entry of this session: a lock, or a campaign when `candidate` is given.
+    /// A new table entry of this session: a campaign when `candidate` is given, else a lock,
+    /// read, write or permit.
     pub(crate) fn tag(&self, candidate: Option<Arc<Candidate>>) -> (HoldTag, LostWatch) {
         let (lost, watch) = LostSignal::new();
         let tag = HoldTag {
@@ -130,17 +195,19 @@ impl MemoryLock {
         (tag, watch)
     }
 
-    /// Waits in the name's queue for `tag`'s turn, failing when the session ends first.
+    /// Waits in the queue of `claim`'s family and `name` for `tag`'s turn, failing when the
+    /// session ends first.
     pub(crate) async fn enqueue(
         &self,
+        claim: Claim,
         name: &str,
         tag: &HoldTag,
     ) -> Result<Ticket<HoldTag>, LockError> {
         let table = self.session.store.table();
-        // The queue first: a free lock is taken without registering for the session's end.
+        // The queue first: a free name is taken without registering for the session's end.
         let ticket = tokio::select! {
             biased;
-            ticket = table.acquire(name, tag.clone()) => ticket?,
+            ticket = table.claim(claim, name, tag.clone()) => ticket?,
             reason = self.session.ended_watch.wait() => {
                 return Err(self.session.lost_error(reason));
             }
@@ -150,22 +217,52 @@ impl MemoryLock {
         Ok(ticket)
     }
 
+    /// Takes `claim` of `name` for `tag` if the table grants it now and nobody waits.
+    pub(crate) fn try_enqueue(
+        &self,
+        claim: Claim,
+        name: &str,
+        tag: &HoldTag,
+    ) -> Result<Option<Ticket<HoldTag>>, LockError> {
+        let ticket = self
+            .session
+            .store
+            .table()
+            .try_claim(claim, name, tag.clone())?;
+        // A session that ended meanwhile did not evict this entry: give it back.
+        self.check_alive()?;
+        Ok(ticket)
+    }
+
+    /// The guard of a granted entry. A lock's (or leader's) key is `{name}/{session:x}`;
+    /// readers, writers and permits, of which one session may hold several, get
+    /// `{name}/read/…`, `{name}/write/…` and `{name}/permit/…` keys ending in
+    /// `{session:x}_{token}`, unique per hold.
     pub(crate) fn guard(
         &self,
         ticket: Ticket<HoldTag>,
         tag: HoldTag,
         watch: LostWatch,
     ) -> LockGuard {
-        LockGuard::with_session_key(
-            Arc::clone(ticket.shared_name()),
-            self.session.id,
-            ticket.token(),
-            watch,
-            Box::new(MemoryHold {
-                ticket,
-                lost: tag.lost,
-            }),
-        )
+        let kind = match ticket.claim() {
+            Claim::Lock => None,
+            Claim::Read => Some("read"),
+            Claim::Write => Some("write"),
+            Claim::Permit { .. } => Some("permit"),
+        };
+        let name = Arc::clone(ticket.shared_name());
+        let (id, token) = (self.session.id, ticket.token());
+        let hold = Box::new(MemoryHold {
+            ticket,
+            lost: tag.lost,
+        });
+        match kind {
+            None => LockGuard::with_session_key(name, id, token, watch, hold),
+            Some(kind) => {
+                let key = format!("{name}/{kind}/{id:x}_{}", token.get());
+                LockGuard::new(&*name, key, token, watch, hold)
+            }
+        }
     }
 }
 
@@ -248,62 +345,6 @@ async fn sleep_until_or_never(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-struct MemoryHold {
-    ticket: Ticket<HoldTag>,
-    lost: LostSignal,
-}
-
-impl MemoryHold {
-    fn release_here(&mut self) -> Result<(), LockError> {
-        if self.ticket.release_in_place() {
-            Ok(())
-        } else {
-            Err(LockError::LockLost {
-                name: self.ticket.name().to_owned(),
-                reason: self.lost.reason().unwrap_or(LossReason::Unknown),
-            })
-        }
-    }
-}
-
-#[async_trait]
-impl Hold for MemoryHold {
-    async fn release(mut self: Box<Self>) -> Result<(), LockError> {
-        self.release_here()
-    }
-
-    fn release_now(&mut self) -> Option<Result<(), LockError>> {
-        Some(self.release_here())
-    }
-}
-
-#[async_trait]
-impl DistributedLock for MemoryLock {
-    async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
-        validate_name(name)?;
-        self.check_alive()?;
-        let (tag, watch) = self.tag(None);
-        let ticket = self.enqueue(name, &tag).await?;
-        Ok(self.guard(ticket, tag, watch))
-    }
-
-    async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        validate_name(name)?;
-        self.check_alive()?;
-        let (tag, watch) = self.tag(None);
-        let Some(ticket) = self.session.store.table().try_acquire(name, tag.clone()) else {
-            return Ok(None);
-        };
-        self.check_alive()?;
-        Ok(Some(self.guard(ticket, tag, watch)))
-    }
-
-    async fn close(&self) -> Result<(), LockError> {
-        self.session.end(LossReason::Closed);
-        Ok(())
     }
 }
 

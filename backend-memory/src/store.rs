@@ -1,15 +1,18 @@
-//! The store: one FIFO lock table shared by every session connected to it.
+//! The store: one table of FIFO queues shared by every session connected to it.
+//!
+//! Sessions are opened here ([`MemoryStore::connect`]) but defined in `session.rs`, which
+//! builds on this module, not the other way round.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use locksmith_api::{LockError, LockTable, LossReason, LostSignal};
+use locksmith_api::{Family, LockTable, LossReason};
 use parking_lot::Mutex;
 
-use crate::election::{Candidate, Elections};
-use crate::session::MemoryLock;
+use crate::hold::HoldTag;
+use crate::observers::Elections;
 
 /// The default session TTL, as Go's `concurrency.Session`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -18,16 +21,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// Longer TTLs are refused, so that deadlines stay within the range of tokio's clock.
 pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 
-/// What the table records for each holder and waiter.
-#[derive(Clone)]
-pub(crate) struct HoldTag {
-    pub(crate) session: u64,
-    pub(crate) lost: LostSignal,
-    /// The proclaimed value of a campaign; `None` for a plain lock.
-    pub(crate) candidate: Option<Arc<Candidate>>,
-}
-
-/// An in-process lock store: every [`MemoryLock`] connected to one store excludes every
+/// An in-process lock store: every [`MemoryLock`](crate::MemoryLock) connected to one store excludes every
 /// other on the same name.
 ///
 /// Cloning is cheap and shares the store. [`MemoryStore::global`] is the process-wide store
@@ -81,42 +75,12 @@ impl MemoryStore {
         stores.lock().entry(name.to_owned()).or_default().clone()
     }
 
-    /// Opens a new client session with the default TTL (10 s).
-    ///
-    /// # Errors
-    /// [`LockError::InvalidConfig`] when called outside a tokio runtime (the session's
-    /// keepalive runs on it).
-    pub fn connect(&self) -> Result<MemoryLock, LockError> {
-        self.connect_with_ttl(DEFAULT_TTL)
+    /// A new session number, unique within this store.
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.inner.last_session.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Opens a new client session whose TTL is `ttl`.
-    ///
-    /// The TTL matters only when the keepalive stops: after
-    /// [`MemoryLock::pause_keepalive`] for longer than the TTL the session expires, as an etcd
-    /// lease of a paused process would.
-    ///
-    /// # Errors
-    /// [`LockError::InvalidConfig`] for a zero TTL, one longer than [`MAX_TTL`], or outside a
-    /// tokio runtime.
-    pub fn connect_with_ttl(&self, ttl: Duration) -> Result<MemoryLock, LockError> {
-        if ttl.is_zero() {
-            return Err(LockError::config(
-                "memory session TTL must be greater than zero (the default is 10 s)",
-            ));
-        }
-        if ttl > MAX_TTL {
-            return Err(LockError::config(format!(
-                "memory session TTL {} s is too long: at most {} s (the default is 10 s)",
-                ttl.as_secs(),
-                MAX_TTL.as_secs()
-            )));
-        }
-        let id = self.inner.last_session.fetch_add(1, Ordering::Relaxed) + 1;
-        MemoryLock::start(self.clone(), id, ttl)
-    }
-
-    /// Removes the current holder of `name`, as an operator deleting its key would: the
+    /// Removes the current holder of the lock `name`, as an operator deleting its key would: the
     /// holder's guard (or leadership) reports [`LossReason::Deleted`] and the next waiter (or
     /// candidate) acquires; observers see the next leader, or `None`.
     /// Returns false when nobody held `name`.
@@ -126,12 +90,44 @@ impl MemoryStore {
         })
     }
 
-    /// How many sessions hold or wait for `name` (holder plus waiters).
+    /// Removes every current holder of the reader-writer lock `name` (the writer, or all
+    /// readers), as an operator deleting their `NAME/read/…` and `NAME/write/…` keys would:
+    /// each guard reports [`LossReason::Deleted`] and the next waiters are granted. Returns
+    /// how many holds were removed. Lock `name` and semaphore `name` are not touched.
+    pub fn revoke_rwlock(&self, name: &str) -> usize {
+        self.inner.table.evict_holders(Family::RwLock, name, |tag| {
+            tag.lost.mark(LossReason::Deleted);
+        })
+    }
+
+    /// Removes every permit holder of the semaphore `name`, as an operator deleting their
+    /// keys would: each guard reports [`LossReason::Deleted`] and as many waiters as permits
+    /// are free are granted. Returns how many permits were removed.
+    pub fn revoke_permits(&self, name: &str) -> usize {
+        self.inner
+            .table
+            .evict_holders(Family::Semaphore, name, |tag| {
+                tag.lost.mark(LossReason::Deleted);
+            })
+    }
+
+    /// How many sessions hold or wait for the lock `name` (holder plus waiters; election
+    /// candidates count, they are lock entries).
     pub fn queue_len(&self, name: &str) -> usize {
         self.inner.table.queue_len(name)
     }
 
-    /// How many names are held or waited for. Names nobody uses take no memory beyond a
+    /// How many readers and writers hold or wait for the reader-writer lock `name`.
+    pub fn rwlock_queue_len(&self, name: &str) -> usize {
+        self.inner.table.queue_len_of(Family::RwLock, name)
+    }
+
+    /// How many permits of the semaphore `name` are held or waited for.
+    pub fn semaphore_queue_len(&self, name: &str) -> usize {
+        self.inner.table.queue_len_of(Family::Semaphore, name)
+    }
+
+    /// How many names (locks, reader-writer locks and semaphores) are held or waited for. Names nobody uses take no memory beyond a
     /// small cache of the most recently freed ones.
     pub fn active_names(&self) -> usize {
         self.inner.table.active_names()

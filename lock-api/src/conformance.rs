@@ -16,6 +16,13 @@
 //! offer locks and leader election; [`election_conformance_tests!`](crate::election_conformance_tests)
 //! writes them as tests.
 //!
+//! The reader-writer cases ([`RWLOCK_CASES`], [`RwLockFactory`],
+//! [`rwlock_conformance_tests!`](crate::rwlock_conformance_tests)) and the semaphore cases
+//! ([`SEMAPHORE_CASES`], [`SemaphoreFactory`],
+//! [`semaphore_conformance_tests!`](crate::semaphore_conformance_tests)) follow the same
+//! pattern; each ends with an invariant checker that takes guards at random under random
+//! cancellation.
+//!
 //! Cases wait on observable state ([`SessionFactory::queue_len`], guard signals) with a
 //! generous [`GUARD`] timeout; they never sleep for correctness. The few negative checks
 //! ("this waiter is still blocked") give the backend [`QUIET`] to misbehave.
@@ -32,8 +39,100 @@ use tokio::task::JoinHandle;
 
 use crate::{DistributedLock, LockError, LockGuard};
 
+/// A small deterministic pseudo-random source (xorshift64) for the invariant checkers, so
+/// that a failing run is the same run again.
+struct Odds(u64);
+
+impl Odds {
+    fn new(seed: u64) -> Self {
+        Odds(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+
+    fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+
+    /// Holds a guard for a random short while: not at all, a yield, or up to 2 ms.
+    async fn pause(&mut self) {
+        match self.below(3) {
+            0 => {}
+            1 => tokio::task::yield_now().await,
+            _ => tokio::time::sleep(Duration::from_micros(self.below(2_000))).await,
+        }
+    }
+}
+
+/// How an invariant checker asks for a guard.
+#[derive(Clone, Copy, Debug)]
+enum Chaos {
+    /// Waits: a live waiter, which must be served.
+    Wait,
+    /// Tries once.
+    Try,
+    /// Waits at most this long (`tokio::time::timeout`).
+    Timeout(Duration),
+    /// Waits in a task aborted after this long.
+    Abort(Duration),
+}
+
+impl Chaos {
+    fn pick(odds: &mut Odds) -> Self {
+        let after = Duration::from_micros(odds.below(3_000));
+        match odds.below(4) {
+            0 => Chaos::Wait,
+            1 => Chaos::Try,
+            2 => Chaos::Timeout(after),
+            _ => Chaos::Abort(after),
+        }
+    }
+
+    /// Asks `session` for a guard with `wait` or `try_take`; `None` when it was cancelled or
+    /// refused. Panics on any error: no case expects one here.
+    async fn run<S, W, WF, T, TF>(self, session: &Arc<S>, wait: W, try_take: T) -> Option<LockGuard>
+    where
+        S: ?Sized + Send + Sync + 'static,
+        W: FnOnce(Arc<S>) -> WF,
+        WF: Future<Output = Result<LockGuard, LockError>> + Send + 'static,
+        T: FnOnce(Arc<S>) -> TF,
+        TF: Future<Output = Result<Option<LockGuard>, LockError>>,
+    {
+        let session = Arc::clone(session);
+        let outcome = match self {
+            Chaos::Wait => Some(within("a live waiter to be served", wait(session)).await),
+            Chaos::Try => match within("a try", try_take(session)).await {
+                Ok(guard) => return guard,
+                Err(err) => Some(Err(err)),
+            },
+            Chaos::Timeout(after) => tokio::time::timeout(after, wait(session)).await.ok(),
+            Chaos::Abort(after) => {
+                let waiter = tokio::spawn(wait(session));
+                tokio::time::sleep(after).await;
+                waiter.abort();
+                // A waiter that finished before the abort hands its result over.
+                within("an aborted waiter to end", waiter).await.ok()
+            }
+        };
+        match outcome {
+            None => None,
+            Some(Ok(guard)) => Some(guard),
+            Some(Err(err)) => panic!("conformance: {self:?} failed: {err}"),
+        }
+    }
+}
+
 mod election;
+mod rwlock;
+mod semaphore;
 pub use election::*;
+pub use rwlock::*;
+pub use semaphore::*;
 
 /// The longest any single step of a case may take before the case fails.
 pub const GUARD: Duration = Duration::from_secs(20);

@@ -58,7 +58,7 @@ pub use fencing::FencingToken;
 pub use guard::{Hold, LockGuard, LostSignal, LostWatch};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use shared::{validate_limit, DistributedRwLock, DistributedSemaphore};
-pub use table::{LockTable, Ticket};
+pub use table::{Claim, Family, LockTable, Ticket};
 
 /// A client session that takes named, mutually exclusive locks.
 ///

@@ -1,0 +1,23 @@
+//! [`DistributedLock`] on a memory store: a lock is a [`Claim::Lock`] entry of the name's
+//! queue.
+
+use async_trait::async_trait;
+use locksmith_api::{Claim, DistributedLock, LockError, LockGuard, LossReason};
+
+use crate::session::MemoryLock;
+
+#[async_trait]
+impl DistributedLock for MemoryLock {
+    async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
+        self.hold(Claim::Lock, name).await
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
+        self.try_hold(Claim::Lock, name)
+    }
+
+    async fn close(&self) -> Result<(), LockError> {
+        self.end(LossReason::Closed);
+        Ok(())
+    }
+}
