@@ -8,3 +8,13 @@ mod election {
     use super::common;
     locksmith_api::election_conformance_tests!(common::Etcd::new());
 }
+
+mod rwlock {
+    use super::common;
+    locksmith_api::rwlock_conformance_tests!(common::Etcd::new());
+}
+
+mod semaphore {
+    use super::common;
+    locksmith_api::semaphore_conformance_tests!(common::Etcd::new());
+}

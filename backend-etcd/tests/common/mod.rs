@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use locksmith_api::conformance::{CoordinationFactory, SessionFactory};
+use locksmith_api::conformance::{
+    CoordinationFactory, RwLockFactory, RwLockSession, SemaphoreFactory, SemaphoreSession,
+    SessionFactory,
+};
 use locksmith_api::{Coordination, DistributedLock, LockError, LockGuard};
 use locksmith_etcd::etcd_client::{Client, GetOptions};
 use locksmith_etcd::testing::EtcdServer;
@@ -161,6 +164,47 @@ impl CoordinationFactory for Etcd {
 
     async fn queue_len(&self, name: &str) -> usize {
         SessionFactory::queue_len(self, name).await
+    }
+}
+
+#[locksmith_api::async_trait]
+impl RwLockFactory for Etcd {
+    async fn connect(&self) -> Result<Arc<dyn RwLockSession>, LockError> {
+        Ok(Arc::new(EtcdLock::connect(&self.config).await?))
+    }
+
+    /// Readers and writers: the direct children of `{name}/read/` and `{name}/write/`.
+    async fn queue_len(&self, name: &str) -> usize {
+        let mut len = 0;
+        for side in ["read", "write"] {
+            let prefix = format!("{}{}/{side}/", self.config.namespace, name);
+            len += direct_children(self.keys(&format!("{name}/{side}")).await, &prefix);
+        }
+        len
+    }
+}
+
+#[locksmith_api::async_trait]
+impl SemaphoreFactory for Etcd {
+    async fn connect(&self) -> Result<Arc<dyn SemaphoreSession>, LockError> {
+        Ok(Arc::new(EtcdLock::connect(&self.config).await?))
+    }
+
+    /// The keys under the semaphore's own prefix.
+    async fn queue_len(&self, name: &str) -> usize {
+        let escaped = name.replace('%', "%25").replace('/', "%2F");
+        let prefix = format!("{}\u{1f}semaphore/{escaped}/", self.config.namespace);
+        let mut client = self.raw().await;
+        match client
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+        {
+            Ok(reply) => usize::try_from(reply.count()).unwrap_or(usize::MAX),
+            Err(err) => panic!("cannot read the semaphore's keys: {err}"),
+        }
     }
 }
 
