@@ -216,7 +216,9 @@ impl LockConfig {
     }
 
     /// Opens a new client session on the configured backend offering every primitive: locks
-    /// ([`DistributedLock`]) and leader election ([`LeaderElection`](crate::LeaderElection)).
+    /// ([`DistributedLock`]), leader election ([`LeaderElection`](crate::LeaderElection)),
+    /// reader-writer locks ([`DistributedRwLock`](crate::DistributedRwLock)) and semaphores
+    /// ([`DistributedSemaphore`](crate::DistributedSemaphore)).
     ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {

@@ -9,7 +9,10 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 
-use crate::{DistributedLock, FencingToken, LockError, LockGuard, LossReason};
+use crate::{
+    DistributedLock, DistributedRwLock, DistributedSemaphore, FencingToken, LockError, LockGuard,
+    LossReason,
+};
 
 /// Who leads a name: `None` while nobody does.
 pub type LeaderState = Option<LeaderInfo>;
@@ -103,10 +106,17 @@ pub trait LeaderElection: Send + Sync {
     async fn observe(&self, name: &str) -> Result<LeaderWatch, LockError>;
 }
 
-/// Every primitive one session offers; blanket-implemented.
-pub trait Coordination: DistributedLock + LeaderElection {}
+/// Every primitive one session offers: locks, leader election, reader-writer locks and
+/// semaphores; blanket-implemented.
+pub trait Coordination:
+    DistributedLock + LeaderElection + DistributedRwLock + DistributedSemaphore
+{
+}
 
-impl<T: DistributedLock + LeaderElection + ?Sized> Coordination for T {}
+impl<T> Coordination for T where
+    T: DistributedLock + LeaderElection + DistributedRwLock + DistributedSemaphore + ?Sized
+{
+}
 
 /// What a backend implements so a [`Leadership`] can change its value.
 #[async_trait]
