@@ -1,7 +1,8 @@
 //! The etcd backend of locksmith: lease sessions, the revision-queue mutex of etcd's Go
-//! `concurrency.Mutex` and the leader election of its `concurrency.Election`, with the same key
-//! layouts, so locksmith, Go services, `etcdctl lock` and `etcdctl elect` exclude each other on
-//! the same name.
+//! `concurrency.Mutex`, the leader election of its `concurrency.Election` and the reader-writer
+//! lock of its `recipe.RWMutex`, with the same key layouts, so locksmith, Go services,
+//! `etcdctl lock` and `etcdctl elect` exclude each other on the same name; and counting
+//! semaphores, which Go lacks, on a layout of their own.
 //!
 //! ```no_run
 //! use locksmith_api::DistributedLock;
@@ -35,6 +36,13 @@
 //! session uses the name meanwhile. Observers of one name in one session share one range watch
 //! (puts and deletes) on the session's watch stream, started from the revision after a read of
 //! every candidate and read again after a compaction or a reset stream.
+//!
+//! # Reader-writer locks and semaphores
+//! [`EtcdLock`] implements [`DistributedRwLock`] with Go's recipe keys (`NAME/read/{unique}`,
+//! `NAME/write/{unique}`) and [`DistributedSemaphore`] under
+//! `{namespace}\u{1f}semaphore/{NAME}/` (see the impls). Each attempt puts a key unique to it,
+//! so one session may hold several guards of a name, and the cleanup of every path that gives a
+//! key up is the mutex's.
 //!
 //! # Cleanup and cancellation
 //! Every path that gives a key up (an unlock, a dropped guard, a withdrawn or failed `lock`, a
