@@ -2,7 +2,9 @@
 # Installs what the build and the tests need on a fresh Debian machine:
 # protoc and the well-known protos (etcd-client builds its gRPC code at build time)
 # and the etcd server and etcdctl (integration tests start a real etcd on loopback), and the
-# openssl command (the TLS test makes its certificates with it).
+# openssl command (the TLS test makes its certificates with it), and Go with Debian's etcd 3.4
+# sources (backend-etcd/tests/rwlock_interop.rs builds tests/go/rwmutex, a Go recipe.RWMutex
+# peer, GOPATH-style against /usr/share/gocode).
 # Does nothing when everything is already there.
 set -euo pipefail
 
@@ -12,6 +14,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+[ -d /usr/share/gocode/src/go.etcd.io/etcd/contrib/recipes ] || need+=(golang-etcd-server-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
