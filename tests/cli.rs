@@ -1,4 +1,4 @@
-//! The `locksmith` binary on the memory backend (the etcd runs are in tests/etcd.rs).
+//! The `locksmith` binary on the memory backend (the etcd runs are in tests/etcd_cli.rs).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -215,6 +215,100 @@ fn elect_help_documents_the_listen_format() {
     let help = String::from_utf8(out.stdout).unwrap();
     assert!(
         help.contains("KEY<TAB>FENCING_TOKEN<TAB>VALUE") && help.contains("<none>"),
+        "{help}"
+    );
+}
+
+// ---- read, write, semaphore ----
+
+#[test]
+fn read_write_and_semaphore_run_the_command_with_key_and_token() {
+    for (args, status) in [
+        (vec!["read", "cli/rw"], 3),
+        (vec!["write", "cli/rw"], 4),
+        (vec!["semaphore", "cli/sem", "--limit", "2"], 5),
+    ] {
+        let out = locksmith()
+            .args(&args)
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                "echo \"$LOCKSMITH_KEY $LOCKSMITH_FENCING_TOKEN\"; exit {status}"
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(status), "{args:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let (key, token) = stdout.trim().split_once(' ').unwrap();
+        assert!(key.contains(args[1]), "{args:?}: {stdout}");
+        assert!(token.parse::<u64>().unwrap() > 0, "{args:?}: {stdout}");
+    }
+}
+
+#[test]
+fn semaphore_without_a_command_prints_the_key_and_holds_until_sigterm() {
+    let (mut child, mut lines) = spawn_reading(&["semaphore", "cli/permit", "--limit", "1"]);
+    let key = lines.next().unwrap().unwrap();
+    assert!(key.contains("cli/permit"), "{key}");
+    assert_eq!(child.try_wait().unwrap(), None, "still holding");
+    terminate(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_zero_limit_is_the_library_error_on_one_line() {
+    let out = locksmith()
+        .args(["semaphore", "cli/zero", "--limit", "0", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "locksmith: invalid limit 0 for semaphore \"cli/zero\": must be at least 1\n"
+    );
+}
+
+#[test]
+fn read_write_and_semaphore_refuse_bad_input_with_one_line() {
+    for args in [
+        vec!["read", ""],
+        vec!["write", "bad\u{7}name"],
+        vec!["read"],
+        vec!["write", "a", "--", "/nonexistent/program"],
+        vec!["semaphore", "a"],
+        vec!["semaphore", "a", "--limit", "-1"],
+        vec!["semaphore", "a", "--limit", "many"],
+        vec!["semaphore", "", "--limit", "1"],
+    ] {
+        let out = locksmith().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("locksmith: ") || first.starts_with("error: "),
+            "{args:?}: {stderr}"
+        );
+        if first.starts_with("locksmith: ") {
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn help_lists_every_hold_command() {
+    let out = locksmith().arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for command in ["lock", "read", "write", "semaphore", "elect"] {
+        assert!(
+            help.lines()
+                .any(|line| line.trim_start().starts_with(command)),
+            "{command}: {help}"
+        );
+    }
+    let out = locksmith().args(["semaphore", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.contains("--limit <N>") && help.contains("LOCKSMITH_KEY"),
         "{help}"
     );
 }

@@ -668,3 +668,226 @@ async fn locksmith_listen_prints_etcdctl_values() {
     theirs.signal("-INT");
     assert_eq!(listener.line_within(GUARD).as_deref(), Some("<none>"));
 }
+
+// ---- read, write, semaphore ----
+
+/// `locksmith --url etcd://ENDPOINT/ ARGS…`.
+fn locksmith_args(endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_locksmith"));
+    cmd.args(["--url", &format!("etcd://{endpoint}/")])
+        .args(args);
+    cmd
+}
+
+/// Every key in etcd, oldest first.
+async fn all_keys(endpoint: &str) -> Vec<String> {
+    use locksmith::etcd_client::{GetOptions, SortOrder, SortTarget};
+    let mut client = etcd_client(endpoint).await;
+    let options = GetOptions::new()
+        .with_all_keys()
+        .with_keys_only()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let reply = client.get("", Some(options)).await.unwrap();
+    reply
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits (on an etcd watch) until etcd holds `count` keys: a waiter has queued.
+async fn until_keys(endpoint: &str, count: usize) -> Vec<String> {
+    use locksmith::etcd_client::WatchOptions;
+    let mut client = etcd_client(endpoint).await;
+    // Watching first, then reading: a change after the read arrives as an event.
+    let mut watch = client
+        .watch("", Some(WatchOptions::new().with_all_keys()))
+        .await
+        .unwrap();
+    loop {
+        let keys = all_keys(endpoint).await;
+        if keys.len() == count {
+            return keys;
+        }
+        tokio::time::timeout(GUARD, watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("never {count} keys: {keys:?}"))
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_share_a_writer_waits_for_them_and_later_readers_wait_behind_it() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let mut first = Running::spawn(locksmith_args(&endpoint, &["read", "rw"]));
+    let key = first.line_within(GUARD).expect("the first reader holds");
+    assert!(key.starts_with("rw/read/"), "{key}");
+    let mut second = Running::spawn(locksmith_args(&endpoint, &["read", "rw"]));
+    second
+        .line_within(GUARD)
+        .expect("the second reader holds beside the first");
+    let mut writer = Running::spawn(locksmith_args(&endpoint, &["write", "rw"]));
+    until_keys(&endpoint, 3).await;
+    assert_eq!(writer.line_within(QUIET), None, "a writer beside readers");
+    let mut late = Running::spawn(locksmith_args(&endpoint, &["read", "rw"]));
+    until_keys(&endpoint, 4).await;
+    assert_eq!(
+        late.line_within(QUIET),
+        None,
+        "a reader passed a waiting writer"
+    );
+
+    first.signal("-TERM");
+    assert_eq!(first.wait().code(), Some(0));
+    assert_eq!(writer.line_within(QUIET), None, "a writer beside a reader");
+    second.signal("-TERM");
+    assert_eq!(second.wait().code(), Some(0));
+    let key = writer.line_within(GUARD).expect("the writer holds");
+    assert!(key.starts_with("rw/write/"), "{key}");
+    assert_eq!(late.line_within(QUIET), None, "a reader beside the writer");
+
+    writer.signal("-TERM");
+    assert_eq!(writer.wait().code(), Some(0));
+    late.line_within(GUARD).expect("the late reader holds");
+    late.signal("-TERM");
+    assert_eq!(late.wait().code(), Some(0));
+    assert_eq!(all_keys(&endpoint).await, Vec::<String>::new());
+}
+
+/// A command that prints its key and runs until its stdin closes.
+fn permit_command(endpoint: &str) -> Command {
+    let mut cmd = locksmith_args(
+        endpoint,
+        &["semaphore", "pool", "--limit", "2", "--", "sh", "-c"],
+    );
+    cmd.arg("echo \"$LOCKSMITH_KEY\"; read -r line; exit 0")
+        .stdin(Stdio::piped());
+    cmd
+}
+
+impl Running {
+    /// Closes the process's stdin (a `permit_command` then exits).
+    fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_semaphore_admits_limit_commands_and_the_next_when_one_exits() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let mut first = Running::spawn(permit_command(&endpoint));
+    let mut second = Running::spawn(permit_command(&endpoint));
+    let first_key = first.line_within(GUARD).expect("the first command runs");
+    let second_key = second.line_within(GUARD).expect("the second command runs");
+    assert_ne!(first_key, second_key);
+    let mut third = Running::spawn(permit_command(&endpoint));
+    until_keys(&endpoint, 3).await;
+    assert_eq!(third.line_within(QUIET), None, "three permits of two");
+
+    first.close_stdin();
+    assert_eq!(first.wait().code(), Some(0));
+    let third_key = third.line_within(GUARD).expect("the third command runs");
+    assert_eq!(all_keys(&endpoint).await, [second_key, third_key]);
+
+    second.close_stdin();
+    third.close_stdin();
+    assert_eq!(second.wait().code(), Some(0));
+    assert_eq!(third.wait().code(), Some(0));
+    assert_eq!(all_keys(&endpoint).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_while_waiting_for_a_read_write_or_permit_leaves_no_key() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    for (holding, waiting) in [
+        (["write", "w"].as_slice(), ["read", "w"].as_slice()),
+        (&["read", "r"], &["write", "r"]),
+        (
+            &["semaphore", "s", "--limit", "1"],
+            &["semaphore", "s", "--limit", "1"],
+        ),
+    ] {
+        let mut holder = Running::spawn(locksmith_args(&endpoint, holding));
+        let key = holder.line_within(GUARD).expect("the holder holds");
+        let mut waiter = Running::spawn(locksmith_args(&endpoint, waiting));
+        until_keys(&endpoint, 2).await;
+        assert_eq!(waiter.line_within(QUIET), None, "{waiting:?}");
+        waiter.signal("-INT");
+        assert_eq!(waiter.wait().code(), Some(130));
+        assert_eq!(all_keys(&endpoint).await, [key], "{waiting:?}");
+        holder.signal("-TERM");
+        assert_eq!(holder.wait().code(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_read_write_or_permit_key_stops_the_command_with_sigterm() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let mut client = etcd_client(&endpoint).await;
+    for (args, what) in [
+        (["read", "lost"].as_slice(), "read lock"),
+        (&["write", "lost"], "write lock"),
+        (
+            &["semaphore", "lost", "--limit", "3"],
+            "permit of semaphore",
+        ),
+    ] {
+        let mut cmd = locksmith_args(&endpoint, args);
+        cmd.args(["--", "sh", "-c", TRAPS_TERM]);
+        let mut ours = Running::spawn(cmd);
+        let key = ours.line_within(GUARD).expect("the command started");
+        let deleted = client.delete(key.as_str(), None).await.unwrap();
+        assert_eq!(deleted.deleted(), 1, "{args:?}");
+        assert_eq!(ours.line_within(GUARD).as_deref(), Some("got-term"));
+        assert_eq!(ours.wait().code(), Some(1), "{args:?}");
+        let stderr = ours.stderr();
+        assert_eq!(
+            locksmith_lines(&stderr),
+            [format!(
+                r#"locksmith: {what} "lost" lost (hold deleted): sent SIGTERM to "sh"; it exited with status 3"#
+            )],
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_limits_are_one_line_errors_and_leave_nothing() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let mut holder = Running::spawn(locksmith_args(
+        &endpoint,
+        &["semaphore", "jobs", "--limit", "2"],
+    ));
+    let key = holder.line_within(GUARD).expect("the holder holds");
+    for (limit, message) in [
+        (
+            "3",
+            r#"locksmith: semaphore "jobs" is in use with limit 2, not 3: every user of a name must pass the same limit"#,
+        ),
+        (
+            "0",
+            r#"locksmith: invalid limit 0 for semaphore "jobs": must be at least 1"#,
+        ),
+    ] {
+        let out = locksmith_args(&endpoint, &["semaphore", "jobs", "--limit", limit])
+            .args(["--", "echo", "ran"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{limit}");
+        assert!(out.stdout.is_empty(), "the command ran with limit {limit}");
+        assert_eq!(
+            String::from_utf8(out.stderr).unwrap(),
+            format!("{message}\n")
+        );
+    }
+    assert_eq!(all_keys(&endpoint).await, [key]);
+    let leases = etcd_client(&endpoint).await.leases().await.unwrap();
+    assert_eq!(leases.leases().len(), 1, "only the holder's session");
+    holder.signal("-TERM");
+    assert_eq!(holder.wait().code(), Some(0));
+}

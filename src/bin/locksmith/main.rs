@@ -1,9 +1,12 @@
-//! `locksmith`: take a lock or lead a name from the command line, like `etcdctl lock` and
-//! `etcdctl elect`.
+//! `locksmith`: take a lock, a read or write lock or a semaphore permit, or lead a name from
+//! the command line, like `etcdctl lock` and `etcdctl elect`.
 //!
 //! ```text
 //! locksmith --url etcd://127.0.0.1:2379/ lock NAME -- CMD ARGS...   # hold while CMD runs
 //! locksmith --url etcd://127.0.0.1:2379/ lock NAME                  # print the key, hold until SIGINT/SIGTERM
+//! locksmith --url etcd://127.0.0.1:2379/ read NAME -- CMD            # the same for a shared read lock,
+//! locksmith --url etcd://127.0.0.1:2379/ write NAME -- CMD           # the write lock,
+//! locksmith --url etcd://127.0.0.1:2379/ semaphore NAME --limit 3 -- CMD   # or one of 3 permits
 //! locksmith --url etcd://127.0.0.1:2379/ elect NAME VALUE -- CMD    # lead while CMD runs
 //! locksmith --url etcd://127.0.0.1:2379/ elect NAME VALUE           # print key and value, lead until SIGINT/SIGTERM
 //! locksmith --url etcd://127.0.0.1:2379/ elect --listen NAME        # print the leader and each change
@@ -11,19 +14,31 @@
 
 mod command;
 mod elect;
+mod hold;
 mod signals;
 
 use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use locksmith::{DistributedLock, LockConfig, LockError, LossReason};
+use locksmith::{LockConfig, LockError, LossReason};
 
+use hold::{Acquire, HoldArgs};
 use signals::Signals;
+
+/// What `lock`, `read`, `write` and `semaphore` do once they hold NAME.
+const HOLD_HELP: &str = "\
+With a command: holds NAME while the command runs (with LOCKSMITH_KEY and \
+LOCKSMITH_FENCING_TOKEN in its environment) and exits with its status. Without: prints the \
+key and holds until SIGINT or SIGTERM (status 0). A signal while waiting withdraws from the \
+queue (status 130 or 143).
+
+If the hold is lost (session expired or revoked, key deleted), the command gets SIGTERM (and \
+SIGKILL after --kill-after) and locksmith exits with status 1 and a one-line message naming \
+what was lost and why.";
 
 /// How long a release or session close may take on the way out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,20 +68,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Takes the lock NAME. With a command: holds it while the command runs (with
-    /// LOCKSMITH_KEY and LOCKSMITH_FENCING_TOKEN in its environment) and exits with its
-    /// status. Without: prints the key and holds until SIGINT or SIGTERM.
+    /// Holds the lock NAME while a command runs, or until SIGINT or SIGTERM.
+    #[command(after_long_help = HOLD_HELP)]
+    Lock(HoldArgs),
+
+    /// Holds a read lock on NAME, shared with other readers.
     ///
-    /// If the lock is lost (session expired or revoked, key deleted), the command gets SIGTERM
-    /// and locksmith exits with status 1 and a one-line message naming the lock and why.
-    Lock {
-        /// The lock name.
-        name: String,
-        /// The command to run while holding the lock (after `--`).
-        #[arg(last = true)]
-        command: Vec<String>,
+    /// Readers wait for older writers only; a reader that comes after a waiting writer queues
+    /// behind it. On etcd the keys are those of Go's `recipe.RWMutex`.
+    #[command(after_long_help = HOLD_HELP)]
+    Read(HoldArgs),
+
+    /// Holds the write lock on NAME, alone: no reader or other writer at once.
+    ///
+    /// A writer waits for every older reader and writer.
+    #[command(after_long_help = HOLD_HELP)]
+    Write(HoldArgs),
+
+    /// Holds one of --limit permits of the semaphore NAME.
+    ///
+    /// At most --limit holders at once, served in arrival order. Every user of NAME must pass
+    /// the same limit: another one fails with a message naming the limit in use.
+    #[command(after_long_help = HOLD_HELP)]
+    Semaphore {
+        /// How many may hold NAME at once (at least 1).
+        #[arg(long, value_name = "N")]
+        limit: u32,
         #[command(flatten)]
-        run: RunOptions,
+        args: HoldArgs,
     },
 
     /// Campaigns to lead NAME, as `etcdctl elect` does, or prints who leads it (--listen).
@@ -142,18 +171,15 @@ pub struct Held {
 }
 
 impl Held {
-    fn lock(name: &str) -> Self {
+    fn new(what: &'static str, name: &str) -> Self {
         Held {
-            what: "lock",
+            what,
             name: name.to_owned(),
         }
     }
 
     fn leadership(name: &str) -> Self {
-        Held {
-            what: "leadership of",
-            name: name.to_owned(),
-        }
+        Held::new("leadership of", name)
     }
 }
 
@@ -171,15 +197,12 @@ async fn main() -> ExitCode {
         Err(err) => return finish(err.into()),
     };
     let outcome = match cli.command {
-        Commands::Lock { name, command, run } => match config.connect().await {
-            Ok(session) => {
-                let outcome = lock(&session, &name, &command, &run).await;
-                // Revoke the session before exiting: background cleanup would not outlive main.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
-                outcome
-            }
-            Err(err) => err.into(),
-        },
+        Commands::Lock(args) => hold::run(&config, Acquire::Lock, args).await,
+        Commands::Read(args) => hold::run(&config, Acquire::Read, args).await,
+        Commands::Write(args) => hold::run(&config, Acquire::Write, args).await,
+        Commands::Semaphore { limit, args } => {
+            hold::run(&config, Acquire::Permit { limit }, args).await
+        }
         Commands::Elect {
             listen,
             name,
@@ -212,37 +235,6 @@ fn finish(outcome: Outcome) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-async fn lock(
-    session: &Arc<dyn DistributedLock>,
-    name: &str,
-    command: &[String],
-    run: &RunOptions,
-) -> Outcome {
-    let mut stop = match Signals::new() {
-        Ok(stop) => stop,
-        Err(message) => return Outcome::Failed(message),
-    };
-    let guard = tokio::select! {
-        guard = session.lock(name) => match guard {
-            Ok(guard) => guard,
-            Err(err) => return err.into(),
-        },
-        // Dropping the lock future withdraws our key from the queue.
-        signal = stop.recv() => return Outcome::Exit(signal.exit_code()),
-    };
-    let held = Held::lock(name);
-    let outcome = match command.split_first() {
-        Some((program, args)) => {
-            command::run_while_held(&guard, &held, program, args, run.kill_after, &mut stop).await
-        }
-        None => match print_lines(&[guard.key()]) {
-            Ok(()) => hold_until_signal(guard.lost(), &held, &mut stop).await,
-            Err(outcome) => outcome,
-        },
-    };
-    release(guard.unlock().await, outcome)
 }
 
 /// The outcome after releasing: a failed release fails an otherwise successful run.
