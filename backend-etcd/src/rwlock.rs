@@ -95,6 +95,12 @@ pub(crate) async fn acquire(
 /// Takes `side` of `name` only if nothing blocks it now: one transaction that puts the key
 /// only if no key of the blocking kinds exists (a reader: no writer holds or waits; a writer:
 /// nobody holds or waits), so a refusal leaves nothing to clean up.
+///
+/// Keys of nested names (`{name}/read/x/…` of the lock `{name}/read/x`) share the blocking
+/// ranges, and a range compare cannot tell them apart. So a refusal reads the ranges: if every
+/// key there belongs to a nested name, the transaction is made again allowing keys created up
+/// to that read (none of them is ours to wait for). A few rounds at most: nested names busy
+/// enough to outrun them get a refusal.
 pub(crate) async fn try_acquire(
     session: &Arc<Session>,
     name: &str,
@@ -104,13 +110,43 @@ pub(crate) async fn try_acquire(
     session.check_alive()?;
     let keys = RwKeys::new(session, name, side);
     let attempt = Attempt::new(session, name, keys.own_prefix(), None)?;
-    // Our key absent (a retry after a lost reply finds it, and takes it: nothing blocked it
-    // when it was put) and no blocking key anywhere in the blocking ranges.
+    // Every key in the blocking ranges created before this revision is a nested name's.
+    let mut created_before = 1;
+    for _ in 0..TRY_ROUNDS {
+        if let Some(sent) = attempt
+            .send(session, try_txn(session, &keys, &attempt, created_before))
+            .await?
+        {
+            return Ok(Some(attempt.pending.into_guard(
+                session,
+                name,
+                sent.revision,
+                sent.header,
+            )));
+        }
+        match nested_only(session, &keys).await? {
+            Some(read_at) => created_before = read_at + 1,
+            None => break,
+        }
+    }
+    // Nothing was put: the withdrawal finds no key.
+    attempt.pending.withdraw().await?;
+    Ok(None)
+}
+
+/// How many times a `try_` form tries again past keys of nested names.
+const TRY_ROUNDS: usize = 4;
+
+/// Puts our key if it is absent (a retry after a lost reply finds it, and takes it: nothing
+/// blocked it when it was put) and every key in the blocking ranges was created before
+/// `created_before` (1: there is none).
+fn try_txn(session: &Session, keys: &RwKeys, attempt: &Attempt, created_before: i64) -> Txn {
     let own_absent = Compare::create_revision(attempt.own.as_str(), CompareOp::Equal, 0);
     let none_of = keys.blockers().into_iter().map(|prefix| {
-        Compare::create_revision(prefix, CompareOp::Equal, 0).with_range(prefix_end(prefix))
+        Compare::create_revision(prefix, CompareOp::Less, created_before)
+            .with_range(prefix_end(prefix))
     });
-    let txn = Txn::new()
+    Txn::new()
         .when(
             std::iter::once(own_absent)
                 .chain(none_of)
@@ -121,20 +157,34 @@ pub(crate) async fn try_acquire(
             attempt.pending.value.clone(),
             Some(PutOptions::new().with_lease(session.lease_id)),
         )])
-        .or_else([TxnOp::get(attempt.own.as_str(), None)]);
-    match attempt.send(session, txn).await? {
-        Some(sent) => Ok(Some(attempt.pending.into_guard(
-            session,
-            name,
-            sent.revision,
-            sent.header,
-        ))),
-        None => {
-            // Nothing was put: the withdrawal finds no key.
-            attempt.pending.withdraw().await?;
-            Ok(None)
+        .or_else([TxnOp::get(attempt.own.as_str(), None)])
+}
+
+/// The store revision of a read of the blocking ranges that found only keys of nested names;
+/// `None` when a key of this lock blocks us.
+async fn nested_only(session: &Session, keys: &RwKeys) -> Result<Option<i64>, LockError> {
+    let prefixes = keys.blockers();
+    let all = GetOptions::new().with_prefix().with_keys_only();
+    let txn = Txn::new().and_then(
+        prefixes
+            .iter()
+            .map(|prefix| TxnOp::get(*prefix, Some(all.clone())))
+            .collect::<Vec<_>>(),
+    );
+    let reply = read(session, txn).await?;
+    for (prefix, response) in prefixes.iter().zip(reply.op_responses()) {
+        let TxnOpResponse::Get(found) = response else {
+            return Err(malformed("the queue read"));
+        };
+        if found
+            .kvs()
+            .iter()
+            .any(|kv| is_direct_child(prefix.as_bytes(), kv.key()))
+        {
+            return Ok(None);
         }
     }
+    Ok(reply.header().map(|h| h.revision()))
 }
 
 /// Queues our key, then waits until no older key blocks it; returns the key's create revision

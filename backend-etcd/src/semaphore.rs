@@ -52,9 +52,12 @@ pub(crate) async fn acquire(
         err = session.ended() => Err(err),
         acquired = enqueue_and_wait(session, &prefix, &attempt, limit, true) => acquired,
     };
-    match acquired? {
-        Some((revision, header)) => Ok(attempt.pending.into_guard(session, name, revision, header)),
-        None => Err(malformed("the semaphore queue")),
+    match acquired {
+        Ok(Some((revision, header))) => {
+            Ok(attempt.pending.into_guard(session, name, revision, header))
+        }
+        Ok(None) => Err(malformed("the semaphore queue")),
+        Err(err) => Err(withdrawn(attempt, err).await),
     }
 }
 
@@ -69,17 +72,29 @@ pub(crate) async fn try_acquire(
     session.check_alive()?;
     let prefix = prefix(session, name);
     let attempt = Attempt::new(session, name, &prefix, Some(&limit.to_string()))?;
-    match enqueue_and_wait(session, &prefix, &attempt, limit, false).await? {
-        Some((revision, header)) => Ok(Some(
+    match enqueue_and_wait(session, &prefix, &attempt, limit, false).await {
+        Err(err) => Err(withdrawn(attempt, err).await),
+        Ok(Some((revision, header))) => Ok(Some(
             attempt.pending.into_guard(session, name, revision, header),
         )),
-        None => {
+        Ok(None) => {
             // Withdraw before answering, so a refused try leaves nothing behind; the
             // withdrawal goes on if this future is dropped.
             attempt.pending.withdraw().await?;
             Ok(None)
         }
     }
+}
+
+/// `err`, once a refused attempt's key is gone: a `LimitMismatch` queues nothing, and its
+/// key, left standing, could become the oldest and so set the name's limit for the callers
+/// after it. Other errors leave the withdrawal to the background, as a dropped call does.
+async fn withdrawn(attempt: Attempt, err: LockError) -> LockError {
+    if matches!(err, LockError::LimitMismatch { .. }) {
+        // The withdrawal reports no error of its own; it goes on if this future is dropped.
+        let _ = attempt.pending.withdraw().await;
+    }
+    err
 }
 
 /// Queues our key; with `wait`, waits until it holds a permit, else answers `None` at once if
@@ -107,31 +122,85 @@ async fn enqueue_and_wait(
                 attempt.pending.value.clone(),
                 Some(PutOptions::new().with_lease(session.lease_id)),
             ),
-            TxnOp::get(prefix, Some(oldest)),
+            TxnOp::get(prefix, Some(oldest.clone())),
+            // Ours and the key just before it (the put is the newest key).
+            TxnOp::get(prefix, Some(newest_two())),
         ])
-        .or_else([TxnOp::get(attempt.own.as_str(), None)]);
+        // A retry after a lost reply finds our key: the limit is checked all the same (the
+        // put's own read never reached us), against the oldest keys read with it.
+        .or_else([
+            TxnOp::get(attempt.own.as_str(), None),
+            TxnOp::get(prefix, Some(oldest)),
+        ]);
     let Some(sent) = attempt.send(session, txn).await? else {
         return Err(own_key_gone(session, &attempt.name).await);
     };
-    if sent.put_now {
-        let holders = oldest_keys(&sent)?;
-        check_limit(attempt, holders.first(), limit)?;
-        if holders.iter().any(|kv| kv.key() == attempt.own.as_bytes()) {
-            return Ok(Some((sent.revision, sent.header)));
-        }
-        if !wait {
-            return Ok(None);
-        }
+    // Either branch read the oldest keys in the same transaction that put or found ours.
+    let holders = oldest_keys(&sent)?;
+    check_limit(attempt, holders.first(), limit)?;
+    check_limit(
+        attempt,
+        predecessor(session, prefix, attempt, &sent).await?.as_ref(),
+        limit,
+    )?;
+    if holders.iter().any(|kv| kv.key() == attempt.own.as_bytes()) {
+        return Ok(Some((sent.revision, sent.header)));
+    }
+    if !wait {
+        return Ok(None);
     }
     wait_for_permit(session, prefix, attempt, &sent, limit, wait).await
 }
 
-/// The oldest keys the put's read found (at the put's revision).
+/// The oldest keys the queue transaction read (at its revision), in either branch.
 fn oldest_keys(sent: &Sent) -> Result<Vec<KeyValue>, LockError> {
     match sent.reply.op_responses().get(1) {
         Some(TxnOpResponse::Get(found)) => Ok(found.kvs().to_vec()),
         _ => Err(malformed("the semaphore queue")),
     }
+}
+
+/// The newest two keys of a queue.
+fn newest_two() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(2)
+}
+
+/// The key just before ours, which must carry our limit as the oldest must. Checking the
+/// oldest alone let keys of two limits share a queue: a key whose limit was never compared
+/// (its reply was lost, and the oldest had gone by its retry) becomes the oldest, a caller with
+/// its limit is accepted behind waiters of the old limit and holds beside them. With both
+/// checks every accepted key carries the limit of the key before it, so a queue's accepted
+/// keys share one limit; a refused key ahead only makes later callers fail until it is gone.
+/// From the put's own read, or (after a lost reply) one more read.
+async fn predecessor(
+    session: &Session,
+    prefix: &str,
+    attempt: &Attempt,
+    sent: &Sent,
+) -> Result<Option<KeyValue>, LockError> {
+    let found = if sent.put_now {
+        match sent.reply.op_responses().get(2) {
+            Some(TxnOpResponse::Get(found)) => found.kvs().to_vec(),
+            _ => return Err(malformed("the semaphore queue")),
+        }
+    } else {
+        let older = newest_two().with_max_create_revision(sent.revision - 1);
+        let reply = read(
+            session,
+            Txn::new().and_then([TxnOp::get(prefix, Some(older))]),
+        )
+        .await?;
+        match reply.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Get(found)) => found.kvs().to_vec(),
+            _ => return Err(malformed("the semaphore queue")),
+        }
+    };
+    Ok(found
+        .into_iter()
+        .find(|kv| kv.key() != attempt.own.as_bytes() && kv.create_revision() < sent.revision))
 }
 
 /// The name's limit is its oldest key's: another limit withdraws this attempt and fails.
@@ -260,7 +329,14 @@ async fn wait_for_permit(
             .map(|(key, revision)| now.newest.iter().any(|(k, r)| k == key && r == revision))
             .collect();
         // Every older key is one we watch: count their deletes.
-        let all_known = now.older == alive.iter().filter(|a| **a).count();
+        let watched_alive = alive.iter().filter(|a| **a).count();
+        let all_known = now.older == watched_alive;
+        if !all_known && watched_alive < limit_count {
+            // Most watched keys went before their watches existed, and older keys we do not
+            // watch remain: a permit could come free through those alone, and no event of
+            // ours would tell. Watch the newest older keys as they are now.
+            continue;
+        }
         loop {
             let (index, notice) = next_of(&mut watched).await;
             match notice {
