@@ -75,6 +75,69 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Reader-writer locks and semaphores
+//! [`MemoryLock`] implements [`DistributedRwLock`](locksmith_api::DistributedRwLock) and
+//! [`DistributedSemaphore`](locksmith_api::DistributedSemaphore) with the etcd backend's
+//! semantics, on the same table as locks: every name has one FIFO queue per family whose
+//! entries are granted by one rule — a writer (like a lock) when it is the oldest entry, a
+//! reader when no older writer holds or waits, a permit when fewer than `limit` older entries
+//! hold. So readers share (also within one session), a waiting writer stops later readers,
+//! a session's own read guard blocks its own `write`, and a free permit never goes to a later
+//! waiter. Lock `x`, reader-writer lock `x` and semaphore `x` are independent, as on etcd,
+//! where they use different keys.
+//!
+//! - **Limits:** a semaphore name's limit is that of its oldest holder or waiter; another
+//!   limit fails with [`LockError::LimitMismatch`](locksmith_api::LockError) and queues
+//!   nothing, 0 with `InvalidLimit`. Once nobody uses the name, any limit is accepted.
+//! - **Fencing tokens** come from one counter per store, taken at each grant: a writer's token
+//!   is greater than every earlier reader's and writer's of its name, a reader's than every
+//!   earlier writer's, a permit's than every permit of its name released before it was
+//!   granted.
+//! - **Keys** are `{name}/read/…`, `{name}/write/…` and `{name}/permit/…`, unique per hold.
+//! - **Loss:** expiry, a stalled keepalive and closing the session end these holds as they end
+//!   locks. [`MemoryStore::revoke_rwlock`] removes every current holder of a reader-writer
+//!   lock (the writer, or all readers) and [`MemoryStore::revoke_permits`] every permit holder
+//!   of a semaphore, as an operator deleting their keys would; [`MemoryStore::revoke`] only
+//!   touches locks and leaders.
+//!
+//! ```
+//! use locksmith_api::{DistributedRwLock, DistributedSemaphore, LossReason};
+//! use locksmith_memory::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), locksmith_api::LockError> {
+//! let store = MemoryStore::new();
+//! let (a, b) = (store.connect()?, store.connect()?);
+//!
+//! // Readers share; a writer waits for them, and later readers wait behind the writer.
+//! let (r1, r2) = (a.read("catalog").await?, b.read("catalog").await?);
+//! assert!(b.try_write("catalog").await?.is_none());
+//! let writer = b.clone();
+//! let waiting = tokio::spawn(async move { writer.write("catalog").await });
+//! while store.rwlock_queue_len("catalog") < 3 {
+//!     tokio::task::yield_now().await;
+//! }
+//! assert!(a.try_read("catalog").await?.is_none()); // a writer waits
+//! let readers_token = r1.fencing_token().max(r2.fencing_token());
+//! r1.unlock().await?;
+//! r2.unlock().await?;
+//! let written = waiting.await.expect("the writer task")?;
+//! assert!(written.fencing_token() > readers_token);
+//! written.unlock().await?;
+//!
+//! // At most two permits of "exports"; every user passes the same limit.
+//! let p1 = a.acquire("exports", 2).await?;
+//! let p2 = b.acquire("exports", 2).await?;
+//! assert!(a.try_acquire("exports", 2).await?.is_none());
+//! assert!(a.acquire("exports", 3).await.is_err()); // LimitMismatch
+//! store.revoke_permits("exports");
+//! assert_eq!(p1.lost().await, LossReason::Deleted);
+//! assert!(p2.is_lost());
+//! assert!(a.try_acquire("exports", 2).await?.is_some());
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 // Modules build on each other in this order, without cycles: `hold` (table entries) ←

@@ -12,7 +12,11 @@ use tokio::time::{sleep_until, Instant};
 use crate::hold::{Candidate, HoldTag, MemoryHold};
 use crate::store::{MemoryStore, DEFAULT_TTL, MAX_TTL};
 
-/// One client session on a [`MemoryStore`]; implements [`DistributedLock`].
+/// One client session on a [`MemoryStore`]; implements
+/// [`DistributedLock`](locksmith_api::DistributedLock),
+/// [`LeaderElection`](locksmith_api::LeaderElection),
+/// [`DistributedRwLock`](locksmith_api::DistributedRwLock) and
+/// [`DistributedSemaphore`](locksmith_api::DistributedSemaphore).
 ///
 /// Cloning gives another handle to the same session. Dropping the last handle closes the
 /// session: its locks are released at once and its guards report the loss, as an etcd client

@@ -374,9 +374,9 @@ impl<T: Clone + Send + 'static> LockTable<T> {
 
     /// Releases `ticket` if it still holds `name`; true when it did.
     fn release(&self, family: Family, name: &str, ticket: u64) -> bool {
-        self.state.lock().change(family, name, |queue| {
-            queue.holds(ticket) && queue.remove(ticket).is_some()
-        })
+        self.state
+            .lock()
+            .change(family, name, |queue| queue.release(ticket))
     }
 
     /// Undoes an abandoned `claim`: leaves the queue, or releases what was handed over.

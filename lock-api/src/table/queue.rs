@@ -124,6 +124,15 @@ impl<T> NameQueue<T> {
             .map(|e| e.ticket)
     }
 
+    /// Removes the entry of `ticket` if it holds; true when it did.
+    pub(super) fn release(&mut self, ticket: u64) -> bool {
+        let mut held = self.entries.iter().take(self.granted);
+        match held.position(|e| e.ticket == ticket) {
+            Some(at) => self.remove_at(at).is_some(),
+            None => false,
+        }
+    }
+
     /// True when `ticket` holds.
     pub(super) fn holds(&self, ticket: u64) -> bool {
         self.entries
