@@ -1,5 +1,5 @@
 //! The reader-writer mode of `etcd_bench`, over any [`DistributedRwLock`] session, and what it
-//! shares with the semaphore mode (`semaphore.rs`): the handoff clock and the token check.
+//! shares with the semaphore mode (`semaphore.rs`): the report and the token check.
 //!
 //! - `rw`: N clients (one session each) take one name in a loop, 90% of the time with `read`,
 //!   10% with `write` (drawn at random per cycle), and release it at once.
@@ -78,14 +78,16 @@ pub fn summary(mut samples: Vec<Duration>) -> (Option<f64>, Option<f64>, Option<
     )
 }
 
-/// The handoff clock of one name: when a holder last started to release, and the handoffs
-/// timed from it.
+/// The writers' handoff clock of one name: when a holder last started to release, and the
+/// handoffs timed from it. A writer is granted once every older holder is gone, and no younger
+/// one can hold before it, so every release between its `write` call and its grant is an older
+/// holder's, and the latest of them let it in.
 #[derive(Default)]
-pub struct Handoffs(Mutex<(Option<Instant>, Vec<Duration>)>);
+struct Handoffs(Mutex<(Option<Instant>, Vec<Duration>)>);
 
 impl Handoffs {
     /// A holder starts its release now.
-    pub fn releasing(&self) {
+    fn releasing(&self) {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         state.0 = Some(Instant::now());
     }
@@ -94,7 +96,7 @@ impl Handoffs {
     /// asked, the latest such release let it in: that is a handoff. Otherwise it did not wait
     /// for a release (it was granted at once, or behind a release already under way when it
     /// asked) and is not counted.
-    pub fn granted(&self, asked: Instant) {
+    fn granted(&self, asked: Instant) {
         let granted = Instant::now();
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(released) = state.0.filter(|released| *released > asked) {
@@ -103,7 +105,7 @@ impl Handoffs {
     }
 
     /// The handoffs timed so far.
-    pub fn take(&self) -> Vec<Duration> {
+    fn take(&self) -> Vec<Duration> {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::take(&mut state.1)
     }

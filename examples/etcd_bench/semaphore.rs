@@ -1,20 +1,24 @@
 //! The semaphore mode of `etcd_bench`, over any [`DistributedSemaphore`] session:
 //!
 //! - `semaphore --limit K`: N clients (one session each) take a permit of one name in a loop
-//!   and release it at once. `handoff_us`: from the release that let a waiting client in (the
-//!   latest release started after it called `acquire`) to its `acquire` returning.
+//!   and release it at once. `handoff_us`: from the release that let a waiting client in to
+//!   its `acquire` returning. Permits are paired with releases in order: every release frees
+//!   one permit and every grant takes the oldest one freed (the first `limit` grants take the
+//!   permits nobody held yet); a grant is a handoff when the permit it took was released after
+//!   the client called `acquire` (it had to wait for that release).
 //!   `latency_us`: one acquire+release cycle; `release_us`: the unlock calls. `violations`
 //!   counts more than K holders at once, and a permit whose fencing token is not above every
 //!   token released before it asked.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use locksmith::{DistributedSemaphore, LockError};
 use serde::Serialize;
 
-use crate::rw::{Handoffs, Released, SharedRun};
+use crate::rw::{Released, SharedRun};
 
 /// The report fields of the `semaphore` mode, beside the common ones.
 #[derive(Default, Serialize)]
@@ -22,6 +26,36 @@ pub struct Fields {
     /// The permits of the name.
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u32>,
+}
+
+/// The handoff clock of a semaphore: the releases whose permit no grant has taken yet, oldest
+/// first, and the handoffs timed from them. (The writers' clock in `rw.rs`, the latest release,
+/// would pair a grant with another holder's release under way at the same time.)
+#[derive(Default)]
+struct Handoffs(Mutex<(VecDeque<Instant>, Vec<Duration>)>);
+
+impl Handoffs {
+    /// A holder starts its release now: one more permit will be free.
+    fn releasing(&self) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0.push_back(Instant::now());
+    }
+
+    /// A client that asked at `asked` was granted just now: it takes the oldest freed permit
+    /// (none: one that nobody held yet), a handoff if that permit was released after it asked.
+    fn granted(&self, asked: Instant) {
+        let granted = Instant::now();
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(released) = state.0.pop_front().filter(|released| *released > asked) {
+            state.1.push(granted.saturating_duration_since(released));
+        }
+    }
+
+    /// The handoffs timed so far.
+    fn take(&self) -> Vec<Duration> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut state.1)
+    }
 }
 
 /// Holders of permits, and the times there were more than the limit.
