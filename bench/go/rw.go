@@ -6,7 +6,8 @@
 //	     writer_handoff_us: from the release that let a waiting writer in (the latest release
 //	     started after that writer called Lock) to its Lock returning. latency_us: one
 //	     acquire+release cycle; read_us/write_us: the RLock/Lock calls; release_us: the
-//	     RUnlock/Unlock calls. violations counts a writer holding beside anyone else.
+//	     RUnlock/Unlock calls. violations counts a writer holding beside anyone else (a holder
+//	     counts from its RLock/Lock returning to its RUnlock/Unlock call).
 //
 // There is no semaphore in etcd's Go client or recipes, so no semaphore mode here.
 package main
@@ -89,13 +90,16 @@ func runRW(endpoints []string, clients int, seconds float64, setup string) repor
 					if atomic.AddInt64(&writers, 1) != 1 || atomic.LoadInt64(&readers) != 0 {
 						atomic.AddInt64(&violations, 1)
 					}
-					atomic.AddInt64(&writers, -1)
 				} else {
 					myReads = append(myReads, granted.Sub(asked))
 					atomic.AddInt64(&readers, 1)
 					if atomic.LoadInt64(&writers) != 0 {
 						atomic.AddInt64(&violations, 1)
 					}
+				}
+				if writer {
+					atomic.AddInt64(&writers, -1)
+				} else {
 					atomic.AddInt64(&readers, -1)
 				}
 				mu.Lock()

@@ -6,7 +6,8 @@
 //!   `writer_handoff_us`: from the release that let a waiting writer in (the latest release
 //!   started after that writer called `write`) to its `write` returning. `latency_us`: one
 //!   acquire+release cycle; `read_us`/`write_us`: the `read`/`write` calls alone;
-//!   `release_us`: the unlock calls. `violations` counts a writer holding beside anyone else,
+//!   `release_us`: the unlock calls. `violations` counts a writer holding beside anyone else
+//!   (a holder counts from its `read`/`write` returning to its unlock call),
 //!   and a guard whose fencing token breaks the documented promise (a writer's above every
 //!   token released before it asked, a reader's above every writer's released before it asked).
 
@@ -145,19 +146,25 @@ struct Occupancy {
 }
 
 impl Occupancy {
-    /// Enters and leaves at once, counting a writer beside anyone else.
-    fn enter_and_leave(&self, writer: bool) {
-        let (mine, others) = if writer {
-            (&self.writers, &self.readers)
+    fn count(&self, writer: bool) -> &AtomicUsize {
+        if writer {
+            &self.writers
         } else {
-            (&self.readers, &self.writers)
-        };
-        let before = mine.fetch_add(1, Ordering::SeqCst);
-        if others.load(Ordering::SeqCst) != 0 || (writer && before != 0) {
+            &self.readers
+        }
+    }
+
+    /// A reader or writer holds from now, counting a writer beside anyone else.
+    fn enter(&self, writer: bool) {
+        let before = self.count(writer).fetch_add(1, Ordering::SeqCst);
+        if self.count(!writer).load(Ordering::SeqCst) != 0 || (writer && before != 0) {
             self.violations.fetch_add(1, Ordering::SeqCst);
         }
-        std::hint::spin_loop();
-        mine.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The holder is about to release.
+    fn leave(&self, writer: bool) {
+        self.count(writer).fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -195,6 +202,7 @@ pub async fn run<S: DistributedRwLock + 'static>(
                     session.read(&name).await?
                 };
                 let acquired = asked.elapsed();
+                occupancy.enter(writer);
                 if writer {
                     handoffs.granted(asked);
                 }
@@ -202,7 +210,7 @@ pub async fn run<S: DistributedRwLock + 'static>(
                 if token.get() <= bound {
                     token_violations.fetch_add(1, Ordering::SeqCst);
                 }
-                occupancy.enter_and_leave(writer);
+                occupancy.leave(writer);
                 handoffs.releasing();
                 let releasing = Instant::now();
                 guard.unlock().await?;

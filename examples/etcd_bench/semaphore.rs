@@ -2,12 +2,13 @@
 //!
 //! - `semaphore --limit K`: N clients (one session each) take a permit of one name in a loop
 //!   and release it at once. `handoff_us`: from the release that let a waiting client in to
-//!   its `acquire` returning. Permits are paired with releases in order: every release frees
-//!   one permit and every grant takes the oldest one freed (the first `limit` grants take the
-//!   permits nobody held yet); a grant is a handoff when the permit it took was released after
-//!   the client called `acquire` (it had to wait for that release).
+//!   its `acquire` returning. Grants are paired with releases in order: the first `limit`
+//!   grants take the permits nobody held yet, grant `limit + i` the permit of release `i`
+//!   (FIFO: each release frees one permit for the oldest waiter); a grant is a handoff when
+//!   that release started after the client called `acquire` (it had to wait for it).
 //!   `latency_us`: one acquire+release cycle; `release_us`: the unlock calls. `violations`
-//!   counts more than K holders at once, and a permit whose fencing token is not above every
+//!   counts more than K holders at once (a holder counts from its `acquire` returning to its
+//!   unlock call), and a permit whose fencing token is not above every
 //!   token released before it asked.
 
 use std::collections::VecDeque;
@@ -28,33 +29,53 @@ pub struct Fields {
     limit: Option<u32>,
 }
 
-/// The handoff clock of a semaphore: the releases whose permit no grant has taken yet, oldest
-/// first, and the handoffs timed from them. (The writers' clock in `rw.rs`, the latest release,
-/// would pair a grant with another holder's release under way at the same time.)
-#[derive(Default)]
-struct Handoffs(Mutex<(VecDeque<Instant>, Vec<Duration>)>);
+/// The handoff clock of a semaphore: the permits nobody held yet, the releases whose permit no
+/// grant has taken yet (oldest first), and the handoffs timed from them. (The writers' clock in
+/// `rw.rs`, the latest release, would pair a grant with another holder's release under way at
+/// the same time.)
+struct Handoffs(Mutex<HandoffState>);
+
+struct HandoffState {
+    fresh: usize,
+    released: VecDeque<Instant>,
+    handoffs: Vec<Duration>,
+}
 
 impl Handoffs {
+    fn new(limit: u32) -> Self {
+        Handoffs(Mutex::new(HandoffState {
+            fresh: limit as usize,
+            released: VecDeque::new(),
+            handoffs: Vec::new(),
+        }))
+    }
+
     /// A holder starts its release now: one more permit will be free.
     fn releasing(&self) {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        state.0.push_back(Instant::now());
+        state.released.push_back(Instant::now());
     }
 
-    /// A client that asked at `asked` was granted just now: it takes the oldest freed permit
-    /// (none: one that nobody held yet), a handoff if that permit was released after it asked.
+    /// A client that asked at `asked` was granted just now: it takes a permit nobody held yet
+    /// or else the oldest one freed, a handoff if that one was released after it asked.
     fn granted(&self, asked: Instant) {
         let granted = Instant::now();
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(released) = state.0.pop_front().filter(|released| *released > asked) {
-            state.1.push(granted.saturating_duration_since(released));
+        if state.fresh > 0 {
+            state.fresh -= 1;
+            return;
+        }
+        if let Some(released) = state.released.pop_front().filter(|at| *at > asked) {
+            state
+                .handoffs
+                .push(granted.saturating_duration_since(released));
         }
     }
 
     /// The handoffs timed so far.
     fn take(&self) -> Vec<Duration> {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut state.1)
+        std::mem::take(&mut state.handoffs)
     }
 }
 
@@ -66,12 +87,15 @@ struct Occupancy {
 }
 
 impl Occupancy {
-    /// Enters and leaves at once, counting a holder beyond the limit.
-    fn enter_and_leave(&self) {
+    /// A permit is held from now, counting a holder beyond the limit.
+    fn enter(&self) {
         if self.holders.fetch_add(1, Ordering::SeqCst) >= self.limit {
             self.violations.fetch_add(1, Ordering::SeqCst);
         }
-        std::hint::spin_loop();
+    }
+
+    /// The holder is about to release.
+    fn leave(&self) {
         self.holders.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -89,7 +113,7 @@ pub async fn run<S: DistributedSemaphore + 'static>(
         holders: AtomicUsize::new(0),
         violations: AtomicUsize::new(0),
     });
-    let handoffs = Arc::new(Handoffs::default());
+    let handoffs = Arc::new(Handoffs::new(limit));
     let released = Arc::new(Released::default());
     let started = Instant::now();
     let deadline = started + duration;
@@ -103,12 +127,13 @@ pub async fn run<S: DistributedSemaphore + 'static>(
                 let bound = released.bound(true);
                 let asked = Instant::now();
                 let guard = session.acquire(&name, limit).await?;
+                occupancy.enter();
                 handoffs.granted(asked);
                 let token = guard.fencing_token();
                 if token.get() <= bound {
                     occupancy.violations.fetch_add(1, Ordering::SeqCst);
                 }
-                occupancy.enter_and_leave();
+                occupancy.leave();
                 handoffs.releasing();
                 let releasing = Instant::now();
                 guard.unlock().await?;
