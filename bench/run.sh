@@ -2,7 +2,8 @@
 # Runs every etcd benchmark against a fresh etcd on loopback (one member, or a cluster),
 # locksmith beside etcd's server-side lock (v3lock) and, where a Go toolchain with Debian's
 # etcd sources is installed (apt-get install golang-go golang-etcd-server-dev, or --with-go),
-# Go's concurrency.Mutex and concurrency.Election. Prints one JSON line per run;
+# Go's concurrency.Mutex, concurrency.Election and recipe.RWMutex (there is no Go semaphore).
+# Prints one JSON line per run;
 # `bash bench/charts.sh FILE` draws them.
 #
 #   bash bench/run.sh [SECONDS_PER_RUN] [--cluster MEMBERS] [--out FILE] [--with-go] [--modes LIST]
@@ -13,7 +14,8 @@
 #   --out FILE        also write the JSON lines to FILE (replaced)
 #   --with-go         install the Go peer's packages if missing (also: BENCH_WITH_GO=1)
 #   --modes LIST      only these modes, comma-separated (default: floor, uncontended,
-#                     contended, distinct, failover, observe, observers; floor always runs)
+#                     contended, distinct, failover, observe, observers, rw, semaphore;
+#                     floor always runs)
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
@@ -125,20 +127,24 @@ ordered_endpoints() { # leader|follower LEADER
   (IFS=,; echo "$first,${rest[*]}")
 }
 
-run() { # SETUP ENDPOINTS MODE CLIENTS
-  local setup="$1" url="etcd://$2/" mode="$3" clients="$4" extra=() go_extra=()
+run() { # SETUP ENDPOINTS MODE CLIENTS [LIMIT]
+  local setup="$1" url="etcd://$2/" mode="$3" clients="$4" limit="${5:-}" extra=() go_extra=()
   case "$mode" in
-    # Contended and failover runs also sample the floor under their own load
+    # Contended, failover, rw and semaphore runs also sample the floor under their own load
     # (loaded_floor_p50_us).
-    contended | failover) extra=(--probe-floor) ;;
+    contended | failover | rw) extra=(--probe-floor) ;;
+    semaphore) extra=(--probe-floor --limit "$limit") ;;
     # CLIENTS observers of one name on one session.
     observers) extra=(--observers "$clients") go_extra=(-observers "$clients") clients=1 ;;
   esac
   "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl locksmith --setup "$setup" "${extra[@]}" | emit
   case "$mode" in
     floor) return ;;
-    # Elections have no v3lock counterpart here (etcd's v3election service is not measured).
-    failover | observe | observers) ;;
+    # Elections have no v3lock counterpart here (etcd's v3election service is not measured),
+    # nor have reader-writer locks and semaphores (etcd's server has neither).
+    failover | observe | observers | rw) ;;
+    # Go has no semaphore either.
+    semaphore) return ;;
     *) "$bench" --endpoints "$url" --mode "$mode" --clients "$clients" --duration "$secs" --impl v3lock --setup "$setup" "${extra[@]}" | emit ;;
   esac
   [ -z "$go_bench" ] || "$go_bench" -endpoints "$url" -mode "$mode" -clients "$clients" -duration "$secs" -setup "$setup" "${go_extra[@]}" | emit
@@ -149,14 +155,15 @@ run() { # SETUP ENDPOINTS MODE CLIENTS
 wanted() { [ -z "$modes" ] || [ "$1" = floor ] || [[ ",$modes," == *",$1,"* ]]; }
 
 every_mode() { # SETUP [leader|follower]
-  local setup="$1" first="${2:-}" endpoints="$all_endpoints" was="" mode clients
+  local setup="$1" first="${2:-}" endpoints="$all_endpoints" was="" mode clients limit
+  # MODE CLIENTS [LIMIT]: the semaphore runs give their permits.
   for mode_clients in "floor 1" "uncontended 1" "contended 3" "contended 16" "distinct 16" \
-    "failover 3" "observe 1" "observers 1000"; do
-    read -r mode clients <<<"$mode_clients"
+    "failover 3" "observe 1" "observers 1000" "rw 3" "rw 16" "semaphore 3 2" "semaphore 16 4"; do
+    read -r mode clients limit <<<"$mode_clients"
     wanted "$mode" || continue
     # The leader may move (the machine is busy): look it up before each run, check it after.
     [ -z "$first" ] || { was="$(leader)"; endpoints="$(ordered_endpoints "$first" "$was")"; }
-    run "$setup" "$endpoints" "$mode" "$clients"
+    run "$setup" "$endpoints" "$mode" "$clients" "$limit"
     if [ -n "$first" ] && [ "$(leader)" != "$was" ]; then
       echo "bench: the leader moved during $mode $clients ($setup): that line mixes both" >&2
     fi

@@ -29,9 +29,19 @@
 //! yielding the value (`observe_us`), and N observers of one name on one session (time until
 //! all have seen a proclamation, the process's RSS, etcd's watch gauges); see
 //! `etcd_bench/election.rs` for every field.
+//!
+//! The shared modes measure [`DistributedRwLock`](locksmith::DistributedRwLock) and
+//! [`DistributedSemaphore`](locksmith::DistributedSemaphore) on one name: `rw` (90% `read`,
+//! 10% `write`; `writer_handoff_us`: the release that let a waiting writer in → its `write`
+//! returning) and `semaphore --limit K` (`handoff_us`: the release that let a waiting client in
+//! → its `acquire` returning); see `etcd_bench/rw.rs` and `etcd_bench/semaphore.rs`.
 
 #[path = "etcd_bench/election.rs"]
 mod election;
+#[path = "etcd_bench/rw.rs"]
+mod rw;
+#[path = "etcd_bench/semaphore.rs"]
+mod semaphore;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -63,7 +73,7 @@ struct Args {
     /// What etcd this run measures (e.g. `3 members, follower first`), copied to the report.
     #[arg(long)]
     setup: Option<String>,
-    /// Contended and failover modes: also sample the floor while the clients run, one
+    /// Contended, failover, rw and semaphore modes: also sample the floor while the clients run, one
     /// delete → event every 10 ms on a key of its own (`loaded_floor_p50_us`,
     /// `loaded_floor_us`): what a delete's event costs on etcd under this very load.
     #[arg(long)]
@@ -71,6 +81,9 @@ struct Args {
     /// Observers mode: how many observers of one name this process runs (on one session).
     #[arg(long, default_value_t = 1000)]
     observers: usize,
+    /// Semaphore mode: the permits of the name.
+    #[arg(long, default_value_t = 2)]
+    limit: u32,
 }
 
 /// The session settings `--endpoints` names.
@@ -109,6 +122,10 @@ enum Mode {
     Observe,
     /// `--observers` observers of one name on one session see a leader's proclamations.
     Observers,
+    /// N clients, one reader-writer lock: 90% reads, 10% writes, empty critical section.
+    Rw,
+    /// N clients, one semaphore of `--limit` permits, empty critical section.
+    Semaphore,
 }
 
 #[derive(Clone, Copy, ValueEnum, Serialize, PartialEq)]
@@ -155,6 +172,12 @@ struct Report {
     /// The election modes' own fields.
     #[serde(flatten)]
     election: election::Fields,
+    /// The `rw` mode's own fields.
+    #[serde(flatten)]
+    rw: rw::Fields,
+    /// The `semaphore` mode's own fields.
+    #[serde(flatten)]
+    semaphore: semaphore::Fields,
     /// `--setup`, as given.
     #[serde(skip_serializing_if = "Option::is_none")]
     setup: Option<String>,
@@ -453,6 +476,70 @@ async fn run_election(
     }
 }
 
+/// Connects the sessions of the `rw` or `semaphore` mode and runs it.
+async fn run_shared(
+    args: &Args,
+    config: &EtcdConfig,
+) -> Result<(rw::SharedRun, semaphore::Fields), LockError> {
+    if args.implementation != Impl::Locksmith {
+        return Err(LockError::config(
+            "the rw and semaphore modes measure locksmith only (--impl locksmith)",
+        ));
+    }
+    let mut sessions = Vec::with_capacity(args.clients.max(1));
+    for _ in 0..args.clients.max(1) {
+        sessions.push(EtcdLock::connect(config).await?);
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    let name = format!("bench/{}/shared", std::process::id());
+    match args.mode {
+        Mode::Rw => Ok((
+            rw::run(sessions, name, duration).await?,
+            semaphore::Fields::default(),
+        )),
+        _ => semaphore::run(sessions, name, args.limit, duration).await,
+    }
+}
+
+/// The report of the `rw` or `semaphore` mode, with the floor sampled during the run
+/// (`--probe-floor`).
+fn report_shared(
+    args: &Args,
+    run: rw::SharedRun,
+    semaphore: semaphore::Fields,
+    loaded_floor: Vec<Duration>,
+) -> Result<(), LockError> {
+    let elapsed = run.elapsed.as_secs_f64();
+    let mut latencies = run.latencies;
+    latencies.sort();
+    let (handoff_p50_us, handoff_p99_us, handoff_us) = rw::summary(run.handoffs);
+    let (release_p50_us, _, release_us) = rw::summary(run.releases);
+    let report = Report {
+        implementation: args.implementation,
+        mode: args.mode,
+        clients: args.clients.max(1),
+        ops: latencies.len(),
+        ops_per_s: (latencies.len() as f64 / elapsed * 10.0).round() / 10.0,
+        p50_us: percentile(&latencies, 0.50).round(),
+        p99_us: percentile(&latencies, 0.99).round(),
+        violations: run.violations,
+        handoff_p50_us,
+        handoff_p99_us,
+        latency_us: Distribution::of(&latencies),
+        handoff_us,
+        release_p50_us,
+        release_us,
+        loaded_floor_p50_us: (!loaded_floor.is_empty())
+            .then(|| percentile(&loaded_floor, 0.50).round()),
+        loaded_floor_us: (!loaded_floor.is_empty()).then(|| Distribution::of(&loaded_floor)),
+        election: election::Fields::default(),
+        rw: run.fields,
+        semaphore,
+        setup: args.setup.clone(),
+    };
+    print_report(&report)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -466,7 +553,10 @@ async fn main() -> Result<(), LockError> {
     let args = Args::parse();
     let config = etcd_config(&args.endpoints)?;
     let started = Instant::now();
-    let probed = matches!(args.mode, Mode::Contended | Mode::Failover);
+    let probed = matches!(
+        args.mode,
+        Mode::Contended | Mode::Failover | Mode::Rw | Mode::Semaphore
+    );
     let probe = (args.probe_floor && probed).then(|| {
         let deadline = started + Duration::from_secs_f64(args.duration);
         let config = config.clone();
@@ -479,6 +569,10 @@ async fn main() -> Result<(), LockError> {
         Mode::Failover | Mode::Observe | Mode::Observers => {
             let run = run_election(&args, &config).await?;
             return report_election(&args, run, probe_samples(probe).await?);
+        }
+        Mode::Rw | Mode::Semaphore => {
+            let (run, fields) = run_shared(&args, &config).await?;
+            return report_shared(&args, run, fields, probe_samples(probe).await?);
         }
         _ => run_locks(&args, &config).await?,
     };
@@ -514,6 +608,8 @@ async fn main() -> Result<(), LockError> {
             .then(|| percentile(&loaded_floor, 0.50).round()),
         loaded_floor_us: (!loaded_floor.is_empty()).then(|| Distribution::of(&loaded_floor)),
         election: election::Fields::default(),
+        rw: rw::Fields::default(),
+        semaphore: semaphore::Fields::default(),
         setup: args.setup.clone(),
     };
     print_report(&report)
@@ -566,6 +662,8 @@ fn report_election(
             .then(|| percentile(&loaded_floor, 0.50).round()),
         loaded_floor_us: (!loaded_floor.is_empty()).then(|| Distribution::of(&loaded_floor)),
         election: run.fields,
+        rw: rw::Fields::default(),
+        semaphore: semaphore::Fields::default(),
         setup: args.setup.clone(),
     };
     print_report(&report)

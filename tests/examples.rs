@@ -222,3 +222,62 @@ fn etcd_bench_election_modes_print_their_distributions() {
     assert!(added("watch_streams") <= 1, "{output}");
     assert!(added("watchers") <= 1, "{output}");
 }
+
+/// `etcd_bench`'s reader-writer and semaphore modes, briefly: no writer beside anyone else, no
+/// more holders than the limit, no token out of order; both modes read and print their
+/// handoffs, releases and the floor under their load, consistent with their percentiles.
+#[test]
+fn etcd_bench_rw_and_semaphore_modes_print_their_distributions() {
+    let etcd = EtcdServer::start().unwrap();
+    let url = format!("etcd://{}/bench-test/", etcd.endpoint());
+    let bench = |mode: &str, extra: &[&str]| {
+        let mut cmd = example("etcd_bench");
+        cmd.args(["--endpoints", &url, "--mode", mode, "--duration", "1"]);
+        cmd.args(["--clients", "6", "--probe-floor"]);
+        cmd.args(extra);
+        let output = run(cmd);
+        let report: serde_json::Value = serde_json::from_str(output.trim()).unwrap();
+        assert_eq!(report["mode"], mode, "{output}");
+        assert_eq!(report["clients"], 6, "{output}");
+        assert_eq!(report["violations"], 0, "{output}");
+        assert_eq!(report["latency_us"]["n"], report["ops"], "{output}");
+        assert_eq!(report["latency_us"]["p50"], report["p50_us"], "{output}");
+        assert_eq!(report["release_us"]["n"], report["ops"], "{output}");
+        assert_eq!(
+            report["loaded_floor_us"]["p50"], report["loaded_floor_p50_us"],
+            "{output}"
+        );
+        (report, output)
+    };
+
+    let (report, output) = bench("rw", &[]);
+    let (reads, writes) = (report["reads"].as_u64(), report["writes"].as_u64());
+    assert_eq!(
+        reads.zip(writes).map(|(r, w)| r + w),
+        report["ops"].as_u64(),
+        "{output}"
+    );
+    assert!(reads > writes && writes > Some(0), "{output}");
+    assert_eq!(report["read_us"]["n"].as_u64(), reads, "{output}");
+    assert_eq!(report["write_us"]["n"].as_u64(), writes, "{output}");
+    let handoff = &report["writer_handoff_us"];
+    assert_eq!(handoff["p50"], report["writer_handoff_p50_us"], "{output}");
+    assert!(handoff["n"].as_u64() > Some(0), "{output}");
+    assert!(handoff["n"].as_u64() <= writes, "{output}");
+
+    let (report, output) = bench("semaphore", &["--limit", "2"]);
+    assert_eq!(report["limit"], 2, "{output}");
+    let handoff = &report["handoff_us"];
+    assert_eq!(handoff["p50"], report["handoff_p50_us"], "{output}");
+    assert!(handoff["n"].as_u64() > Some(0), "{output}");
+    assert!(handoff["n"].as_u64() <= report["ops"].as_u64(), "{output}");
+
+    let mut cmd = example("etcd_bench");
+    cmd.args(["--endpoints", &url, "--mode", "rw", "--impl", "v3lock"]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("locksmith only"),
+        "{out:?}"
+    );
+}

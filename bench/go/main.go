@@ -1,6 +1,7 @@
 // etcd_bench, Go edition: the same modes and JSON line as locksmith's
 // examples/etcd_bench.rs, measuring etcd's own concurrency.Mutex (uncontended, contended,
-// distinct) and concurrency.Election (failover, observe, observers; election.go) as the peer.
+// distinct), concurrency.Election (failover, observe, observers; election.go) and the
+// contrib/recipes RWMutex (rw; rw.go) as the peer.
 //
 //	GO111MODULE=off GOPATH=/usr/share/gocode go run . -endpoints 127.0.0.1:2379 -mode contended -clients 3 -duration 10
 //
@@ -45,6 +46,8 @@ type report struct {
 	ReleaseUs    *distribution `json:"release_us,omitempty"`
 	// Election modes (election.go).
 	electionFields
+	// The rw mode (rw.go).
+	rwFields
 	Setup string `json:"setup,omitempty"`
 }
 
@@ -105,7 +108,7 @@ func endpointList(value string) []string {
 
 func main() {
 	endpoints := flag.String("endpoints", "127.0.0.1:2379", "comma-separated etcd endpoints, or etcd://host:port[,host:port]/")
-	mode := flag.String("mode", "contended", "uncontended | contended | distinct | failover | observe | observers")
+	mode := flag.String("mode", "contended", "uncontended | contended | distinct | failover | observe | observers | rw")
 	clients := flag.Int("clients", 3, "concurrent clients, each with its own session")
 	duration := flag.Float64("duration", 10, "seconds to run")
 	setup := flag.String("setup", "", "what etcd this run measures, copied to the report")
@@ -120,6 +123,9 @@ func main() {
 		return
 	case "observers":
 		printReport(runObservers(endpointList(*endpoints), *observers, *duration, *setup))
+		return
+	case "rw":
+		printReport(runRW(endpointList(*endpoints), *clients, *duration, *setup))
 		return
 	}
 	if *mode == "uncontended" {
