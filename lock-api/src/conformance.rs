@@ -246,8 +246,17 @@ async fn unlock(guard: LockGuard) {
 
 /// Waits until the store records `n` entries (holder plus waiters) for `name`.
 async fn queued(f: &dyn SessionFactory, name: &str, n: usize) {
+    queue_reaches(n, || f.queue_len(name)).await;
+}
+
+/// Waits until `len` (a backend's count of holders and waiters) answers `n`.
+async fn queue_reaches<F, Fut>(n: usize, len: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = usize>,
+{
     within("the queue to reach its expected length", async {
-        while f.queue_len(name).await != n {
+        while len().await != n {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })

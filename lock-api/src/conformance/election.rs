@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use super::{joined, joined_cancelled, stays_blocked, within};
+use super::{joined, joined_cancelled, queue_reaches, stays_blocked, within};
 use crate::{
     Coordination, FencingToken, LeaderState, LeaderWatch, Leadership, LockError, LossReason,
 };
@@ -136,12 +136,7 @@ async fn observe(l: &dyn Coordination, name: &str) -> Observer {
 
 /// Waits until the store records `n` entries (holder plus waiters) for `name`.
 async fn queued(f: &dyn CoordinationFactory, name: &str, n: usize) {
-    within("the queue to reach its expected length", async {
-        while f.queue_len(name).await != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    queue_reaches(n, || f.queue_len(name)).await;
 }
 
 /// A [`LeaderWatch`] read with its rules checked: no item older than one before it.

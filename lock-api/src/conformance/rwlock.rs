@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use super::{joined, joined_cancelled, stays_blocked, within, Chaos, Odds};
+use super::{
+    acquired, joined, joined_cancelled, queue_reaches, stays_blocked, unlock, within, Chaos, Odds,
+};
 use crate::{DistributedLock, DistributedRwLock, LockError, LockGuard};
 
 /// A client session offering reader-writer locks and plain locks.
@@ -124,28 +126,9 @@ fn spawn_take(l: &Session, mode: Mode, name: &str) -> JoinHandle<Result<LockGuar
     })
 }
 
-async fn granted(handle: JoinHandle<Result<LockGuard, LockError>>) -> LockGuard {
-    match joined(handle).await {
-        Ok(guard) => guard,
-        Err(err) => panic!("conformance: waiter failed: {err}"),
-    }
-}
-
-async fn unlock(guard: LockGuard) {
-    let name = guard.name().to_owned();
-    if let Err(err) = within("unlock", guard.unlock()).await {
-        panic!("conformance: unlock({name:?}) failed: {err}");
-    }
-}
-
 /// Waits until the store records `n` readers and writers for `name`.
 async fn queued(f: &dyn RwLockFactory, name: &str, n: usize) {
-    within("the queue to reach its expected length", async {
-        while f.queue_len(name).await != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    queue_reaches(n, || f.queue_len(name)).await;
 }
 
 /// Readers of several sessions, and several readers of one session, hold at once.
@@ -184,13 +167,13 @@ pub async fn writer_excludes_readers_and_writers(f: &dyn RwLockFactory) {
         "a writer got in beside a writer"
     );
     unlock(writer).await;
-    let reader = granted(reader).await;
+    let reader = acquired(reader).await;
     assert!(
         stays_blocked(&next_writer).await,
         "a writer got in beside a reader"
     );
     unlock(reader).await;
-    unlock(granted(next_writer).await).await;
+    unlock(acquired(next_writer).await).await;
 }
 
 /// A writer waits for every older reader; readers arriving after a waiting writer queue
@@ -218,13 +201,13 @@ pub async fn fifo_with_writer_preference(f: &dyn RwLockFactory) {
         "a writer got in beside an older reader"
     );
     unlock(second).await;
-    let writer = granted(writer).await;
+    let writer = acquired(writer).await;
     assert!(
         stays_blocked(&late_reader).await,
         "a reader got in beside a writer"
     );
     unlock(writer).await;
-    unlock(granted(late_reader).await).await;
+    unlock(acquired(late_reader).await).await;
     queued(f, "pref", 0).await;
 }
 
@@ -241,7 +224,7 @@ pub async fn try_read_is_none_while_a_writer_holds_or_waits(f: &dyn RwLockFactor
     );
     assert_eq!(f.queue_len("try-read").await, 2, "a failed try_read queued");
     unlock(reader).await;
-    let writer = granted(writer).await;
+    let writer = acquired(writer).await;
     assert!(try_take(&*c, Mode::Read, "try-read").await.is_none());
     unlock(writer).await;
     let reader = try_take(&*c, Mode::Read, "try-read").await;
@@ -262,7 +245,7 @@ pub async fn try_write_is_none_while_anyone_holds_or_waits(f: &dyn RwLockFactory
         "a failed try_write queued"
     );
     unlock(reader).await;
-    let writer = granted(writer).await;
+    let writer = acquired(writer).await;
     assert!(try_take(&*c, Mode::Write, "try-write").await.is_none());
     unlock(writer).await;
     let writer = try_take(&*c, Mode::Write, "try-write").await;
@@ -283,7 +266,7 @@ pub async fn own_read_guard_blocks_own_write(f: &dyn RwLockFactory) {
         "write beside this session's own reader"
     );
     unlock(reader).await;
-    unlock(granted(writer).await).await;
+    unlock(acquired(writer).await).await;
 }
 
 /// Aborted and timed-out readers and writers leave the queue; a reader queued behind a
@@ -297,7 +280,7 @@ pub async fn cancelled_rw_waiters_leave_no_trace(f: &dyn RwLockFactory) {
     queued(f, "cancel-rw", 3).await;
     writer.abort();
     assert!(joined_cancelled(writer).await);
-    let late_reader = granted(late_reader).await;
+    let late_reader = acquired(late_reader).await;
     queued(f, "cancel-rw", 2).await;
     let timed_out = tokio::time::timeout(Duration::from_millis(100), b.write("cancel-rw")).await;
     assert!(timed_out.is_err(), "write returned beside readers");
@@ -355,7 +338,7 @@ pub async fn rw_guards_report_loss(f: &dyn RwLockFactory) {
             other => panic!("conformance: unlock of a lost guard gave {other:?}"),
         }
     }
-    unlock(granted(waiter).await).await;
+    unlock(acquired(waiter).await).await;
 }
 
 /// `unlock` frees the name at once: the next `try_write` succeeds.

@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use super::{joined, joined_cancelled, stays_blocked, within, Chaos, Odds};
+use super::{
+    acquired, joined, joined_cancelled, queue_reaches, stays_blocked, unlock, within, Chaos, Odds,
+};
 use crate::{DistributedLock, DistributedSemaphore, LockError, LockGuard};
 
 /// A client session offering semaphores and plain locks.
@@ -103,28 +105,9 @@ fn spawn_acquire(l: &Session, name: &str, limit: u32) -> JoinHandle<Result<LockG
     tokio::spawn(async move { l.acquire(&name, limit).await })
 }
 
-async fn granted(handle: JoinHandle<Result<LockGuard, LockError>>) -> LockGuard {
-    match joined(handle).await {
-        Ok(guard) => guard,
-        Err(err) => panic!("conformance: waiter failed: {err}"),
-    }
-}
-
-async fn unlock(guard: LockGuard) {
-    let name = guard.name().to_owned();
-    if let Err(err) = within("unlock", guard.unlock()).await {
-        panic!("conformance: unlock({name:?}) failed: {err}");
-    }
-}
-
 /// Waits until the store records `n` permits held or waited for of `name`.
 async fn queued(f: &dyn SemaphoreFactory, name: &str, n: usize) {
-    within("the queue to reach its expected length", async {
-        while f.queue_len(name).await != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    queue_reaches(n, || f.queue_len(name)).await;
 }
 
 /// A limit of 0 fails with `InvalidLimit` on both entry points.
@@ -184,7 +167,7 @@ pub async fn at_most_limit_permits(f: &dyn SemaphoreFactory) {
     queued(f, "limit", 4).await;
     assert!(stays_blocked(&waiter).await, "a fourth permit of three");
     unlock(held.remove(1)).await;
-    held.push(granted(waiter).await);
+    held.push(acquired(waiter).await);
     for guard in held {
         unlock(guard).await;
     }
@@ -267,7 +250,7 @@ pub async fn cancelled_permit_waiters_leave_no_trace(f: &dyn SemaphoreFactory) {
     );
     queued(f, "cancel-permit", 2).await;
     unlock(held).await;
-    unlock(granted(behind).await).await;
+    unlock(acquired(behind).await).await;
     let free = try_acquire(&*b, "cancel-permit", 1).await;
     assert!(free.is_some(), "a cancelled waiter kept a permit");
 }
@@ -309,7 +292,7 @@ pub async fn permit_guards_report_loss(f: &dyn SemaphoreFactory) {
             other => panic!("conformance: unlock of a lost permit gave {other:?}"),
         }
     }
-    let got = granted(waiter).await;
+    let got = acquired(waiter).await;
     let other = try_acquire(&*b, "lost-permit", 2).await;
     assert!(other.is_some(), "a lost permit stayed taken");
     unlock(got).await;
