@@ -126,6 +126,11 @@ impl<T> NameQueue<T> {
 
     /// Removes the entry of `ticket` if it holds; true when it did.
     pub(super) fn release(&mut self, ticket: u64) -> bool {
+        // The usual case, a lock's only holder, without searching.
+        if self.granted > 0 && self.entries.front().is_some_and(|e| e.ticket == ticket) {
+            self.granted -= 1;
+            return self.entries.pop_front().is_some();
+        }
         let mut held = self.entries.iter().take(self.granted);
         match held.position(|e| e.ticket == ticket) {
             Some(at) => self.remove_at(at).is_some(),
