@@ -70,7 +70,9 @@ pub use locksmith_memory::{MemoryLock, MemoryStore};
 
 /// The backend-side vocabulary, for writing a backend of your own.
 pub mod backend {
-    pub use locksmith_api::{Hold, LeaderFeed, LockTable, LostSignal, LostWatch, Proclaim, Ticket};
+    pub use locksmith_api::{
+        Claim, Family, Hold, LeaderFeed, LockTable, LostSignal, LostWatch, Proclaim, Ticket,
+    };
 }
 
 /// The README's examples, compiled and run as doc tests.
