@@ -371,10 +371,15 @@ async fn a_campaign_whose_reply_was_lost_leads_with_its_one_key() {
 async fn a_campaign_dropped_after_its_reply_was_lost_leaves_no_key() {
     let etcd = Etcd::new();
     let b = etcd.session().await;
-    let (proxy, a) = proxied(&etcd).await;
     let leading = b.campaign("svc", b"b").await.unwrap();
-    let key = format!("{}svc/{:x}", etcd.config.namespace, a.lease_id());
+    // A session (and proxy) per round: a round's withdrawal may still wait for the reply of a
+    // delete that etcd already applied, and swallowing the next round's replies on the same
+    // session would hold that withdrawal, and with it the session's ticket on the name, for
+    // as long as the swallowing lasts (by design: the name stays off limits until etcd answers).
+    let mut last = None;
     for _ in 0..3 {
+        let (proxy, a) = proxied(&etcd).await;
+        let key = format!("{}svc/{:x}", etcd.config.namespace, a.lease_id());
         proxy.swallow_replies(true);
         let campaign = {
             let a = a.clone();
@@ -386,7 +391,11 @@ async fn a_campaign_dropped_after_its_reply_was_lost_leaves_no_key() {
         proxy.swallow_replies(false);
         proxy.cut_connections();
         common::keys_become(&etcd, "svc", vec![leading.key().to_owned()]).await;
+        last = Some((proxy, a));
     }
+    let Some((_proxy, a)) = last else {
+        unreachable!("three rounds ran")
+    };
     let again = {
         let a = a.clone();
         tokio::spawn(async move { a.campaign("svc", b"again").await })
