@@ -6,34 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{within, Etcd, GUARD};
-use locksmith_api::{DistributedLock, LeaderElection, LeaderState, LeaderWatch, LossReason};
+use common::observe::{next, until_vacant, until_value};
+use common::{within, Etcd};
+use locksmith_api::{DistributedLock, LeaderElection, LossReason};
 use locksmith_etcd::etcd_client::GetOptions;
 
 /// How long a blocked call is watched to make sure it stays blocked.
 const QUIET: Duration = Duration::from_millis(200);
-
-async fn next(watch: &mut LeaderWatch) -> LeaderState {
-    match tokio::time::timeout(GUARD, watch.next()).await {
-        Ok(Some(Ok(state))) => state,
-        Ok(other) => panic!("the watch ended: {other:?}"),
-        Err(_) => panic!("no observation within {GUARD:?}"),
-    }
-}
-
-/// Reads the watch until it shows `value` (states in between may be coalesced or not).
-async fn until_value(watch: &mut LeaderWatch, value: &[u8]) -> LeaderState {
-    loop {
-        let state = next(watch).await;
-        if state.as_ref().is_some_and(|l| l.value() == value) {
-            return state;
-        }
-    }
-}
-
-async fn until_vacant(watch: &mut LeaderWatch) {
-    while next(watch).await.is_some() {}
-}
 
 /// The keys and values stored under the name, as Go's election writes them.
 async fn stored(etcd: &Etcd, name: &str) -> Vec<(String, Vec<u8>)> {

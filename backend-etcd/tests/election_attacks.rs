@@ -9,31 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::hold_proxy::{proxied_session, wait_headers_held, HoldProxy};
-use common::{within, Etcd, GUARD};
+use common::observe::{next, until_value};
+use common::{within, Etcd};
 use locksmith_api::{DistributedLock, LeaderElection, LeaderState, LeaderWatch, Leadership};
 use locksmith_etcd::etcd_client::{GetOptions, PutOptions};
 use locksmith_etcd::testing::TcpProxy;
 use locksmith_etcd::{EtcdConfig, EtcdLock};
 use parking_lot::Mutex;
 use rand::Rng;
-
-async fn next(watch: &mut LeaderWatch) -> LeaderState {
-    match tokio::time::timeout(GUARD, watch.next()).await {
-        Ok(Some(Ok(state))) => state,
-        Ok(other) => panic!("the watch ended: {other:?}"),
-        Err(_) => panic!("no observation within {GUARD:?}"),
-    }
-}
-
-/// Reads the watch until it shows `value`.
-async fn until_value(watch: &mut LeaderWatch, value: &[u8]) -> LeaderState {
-    loop {
-        let state = next(watch).await;
-        if state.as_ref().is_some_and(|l| l.value() == value) {
-            return state;
-        }
-    }
-}
 
 /// The next item if one comes within `quiet`.
 async fn item_within(watch: &mut LeaderWatch, quiet: Duration) -> Option<LeaderState> {

@@ -6,8 +6,9 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::observe::until_value;
 use common::{within, Etcd, GUARD};
-use locksmith_api::{LeaderElection, LeaderState, LeaderWatch};
+use locksmith_api::LeaderElection;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -58,16 +59,6 @@ impl Etcdctl {
             .status()
             .expect("kill");
         assert!(status.success());
-    }
-}
-
-async fn until_value(watch: &mut LeaderWatch, value: &[u8]) -> LeaderState {
-    loop {
-        match within("an observation", watch.next()).await {
-            Some(Ok(state)) if state.as_ref().is_some_and(|l| l.value() == value) => return state,
-            Some(Ok(_)) => {}
-            other => panic!("the watch ended: {other:?}"),
-        }
     }
 }
 

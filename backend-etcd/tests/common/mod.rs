@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hold_proxy;
+pub mod observe;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
