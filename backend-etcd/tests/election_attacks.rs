@@ -13,8 +13,6 @@ use common::observe::{next, until_value};
 use common::{within, Etcd};
 use locksmith_api::{DistributedLock, LeaderElection, LeaderState, LeaderWatch, Leadership};
 use locksmith_etcd::etcd_client::{GetOptions, PutOptions};
-use locksmith_etcd::testing::TcpProxy;
-use locksmith_etcd::{EtcdConfig, EtcdLock};
 use parking_lot::Mutex;
 use rand::Rng;
 
@@ -25,12 +23,6 @@ async fn item_within(watch: &mut LeaderWatch, quiet: Duration) -> Option<LeaderS
         Ok(other) => panic!("the watch ended: {other:?}"),
         Err(_) => None,
     }
-}
-
-/// Requests etcd has served: transactions and ranges.
-fn requests(etcd: &Etcd) -> f64 {
-    etcd.server.metric("etcd_mvcc_txn_total").unwrap()
-        + etcd.server.metric("etcd_mvcc_range_total").unwrap()
 }
 
 /// Attack: a candidate queueing behind the leader and withdrawing again, and a nested name's
@@ -290,25 +282,13 @@ async fn a_quiet_election_sends_etcd_no_requests() {
     assert_eq!(next(&mut watch).await, Some(leading.info()));
     // The leader's loss watch, the waiter's watch, the observers' feed.
     etcd.watches_settle(3.0).await;
-    let before = requests(&etcd);
+    let before = etcd.requests();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let during = requests(&etcd) - before;
+    let during = etcd.requests() - before;
     assert!(during <= 2.0, "{during} requests while nothing changed");
     leading.resign().await.unwrap();
     let second = within("b to lead", waiting).await.unwrap().unwrap();
     assert_eq!(until_value(&mut watch, b"b").await, Some(second.info()));
-}
-
-/// A session reaching etcd through a proxy that can lose replies.
-async fn proxied(etcd: &Etcd) -> (TcpProxy, EtcdLock) {
-    let proxy = TcpProxy::start(&etcd.server.endpoint()).await.unwrap();
-    let session = EtcdLock::connect(&EtcdConfig {
-        endpoints: vec![proxy.endpoint()],
-        ..etcd.config.clone()
-    })
-    .await
-    .unwrap();
-    (proxy, session)
 }
 
 /// Waits until `key` exists.
@@ -327,7 +307,7 @@ async fn key_appears(etcd: &Etcd, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_whose_reply_was_lost_leads_with_its_one_key() {
     let etcd = Etcd::new();
-    let (proxy, a) = proxied(&etcd).await;
+    let (proxy, a) = etcd.proxied().await;
     let key = format!("{}svc/{:x}", etcd.config.namespace, a.lease_id());
     proxy.swallow_replies(true);
     let campaign = {
@@ -361,7 +341,7 @@ async fn a_campaign_dropped_after_its_reply_was_lost_leaves_no_key() {
     // as long as the swallowing lasts (by design: the name stays off limits until etcd answers).
     let mut last = None;
     for _ in 0..3 {
-        let (proxy, a) = proxied(&etcd).await;
+        let (proxy, a) = etcd.proxied().await;
         let key = format!("{}svc/{:x}", etcd.config.namespace, a.lease_id());
         proxy.swallow_replies(true);
         let campaign = {
@@ -514,7 +494,7 @@ async fn a_lock_and_a_campaign_in_two_sessions_exclude_each_other() {
 async fn a_candidate_whose_lease_expired_while_cut_off_never_leads() {
     let etcd = Etcd::with_ttl(2);
     let a = etcd.session().await;
-    let (proxy, b) = proxied(&etcd).await;
+    let (proxy, b) = etcd.proxied().await;
     let c = etcd.session().await;
     let leading = a.campaign("svc", b"a").await.unwrap();
     let waiting = {

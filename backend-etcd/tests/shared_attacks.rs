@@ -11,8 +11,7 @@ use std::time::Duration;
 use common::{within, Etcd};
 use locksmith_api::conformance::{RwLockFactory, SemaphoreFactory};
 use locksmith_api::{DistributedRwLock, DistributedSemaphore, LockError, LockGuard};
-use locksmith_etcd::testing::TcpProxy;
-use locksmith_etcd::{EtcdConfig, EtcdLock};
+use locksmith_etcd::EtcdLock;
 use rand::Rng;
 use tokio::task::JoinHandle;
 
@@ -37,17 +36,6 @@ async fn rw_keys_become(etcd: &Etcd, name: &str, count: usize) {
     .await;
 }
 
-async fn proxied(etcd: &Etcd) -> (TcpProxy, EtcdLock) {
-    let proxy = TcpProxy::start(&etcd.server.endpoint()).await.unwrap();
-    let session = EtcdLock::connect(&EtcdConfig {
-        endpoints: vec![proxy.endpoint()],
-        ..etcd.config.clone()
-    })
-    .await
-    .unwrap();
-    (proxy, session)
-}
-
 fn spawn_acquire(
     session: &EtcdLock,
     name: &str,
@@ -67,12 +55,6 @@ fn spawn_read(session: &EtcdLock, name: &str) -> JoinHandle<Result<LockGuard, Lo
     tokio::spawn(async move { session.read(&name).await })
 }
 
-/// Requests etcd has served: transactions and ranges.
-fn requests(etcd: &Etcd) -> f64 {
-    etcd.server.metric("etcd_mvcc_txn_total").unwrap()
-        + etcd.server.metric("etcd_mvcc_range_total").unwrap()
-}
-
 /// Attack: the put of a permit with another limit commits but its reply is lost. The retry
 /// finds the key in place and must still compare limits: the name's limit is 1 and a holder has
 /// it, so the acquire is a `LimitMismatch`, never a second permit.
@@ -80,7 +62,7 @@ fn requests(etcd: &Etcd) -> f64 {
 async fn a_permit_whose_reply_was_lost_still_checks_the_limit() {
     let etcd = Etcd::new();
     let b = etcd.session().await;
-    let (proxy, a) = proxied(&etcd).await;
+    let (proxy, a) = etcd.proxied().await;
     let held = b.acquire("pool", 1).await.unwrap();
     proxy.swallow_replies(true);
     let other = spawn_acquire(&a, "pool", 5);
@@ -427,15 +409,15 @@ async fn a_long_semaphore_queue_has_no_herd_and_no_spin() {
         permits_become(&etcd, "herd", n + 2).await;
     }
     tokio::time::sleep(QUIET).await;
-    let quiet_from = requests(&etcd);
+    let quiet_from = etcd.requests();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = requests(&etcd) - quiet_from;
+    let idle = etcd.requests() - quiet_from;
     assert!(idle < 20.0, "{idle} requests in 1 s while everybody waits");
     let events_from = etcd
         .server
         .metric("etcd_debugging_mvcc_events_total")
         .unwrap();
-    let requests_from = requests(&etcd);
+    let requests_from = etcd.requests();
     holder.unlock().await.unwrap();
     let handoffs = 8;
     for waiter in waiters.drain(..handoffs) {
@@ -448,7 +430,7 @@ async fn a_long_semaphore_queue_has_no_herd_and_no_spin() {
         .unwrap()
         - events_from)
         / 8.0;
-    let per_request = (requests(&etcd) - requests_from) / 8.0;
+    let per_request = (etcd.requests() - requests_from) / 8.0;
     eprintln!("per handoff: {events} watch events, {per_request} requests");
     assert!(events <= 12.0, "{events} watch events per handoff");
     assert!(per_request <= 40.0, "{per_request} requests per handoff");
@@ -503,7 +485,7 @@ async fn a_limit_one_permit_is_never_granted_beside_a_limit_five_one() {
         etcd.session().await,
         etcd.session().await,
     );
-    let (proxy, k) = proxied(&etcd).await;
+    let (proxy, k) = etcd.proxied().await;
     let first = b.acquire("mix", 1).await.unwrap();
     proxy.swallow_replies(true);
     let lost = spawn_acquire(&k, "mix", 5);
@@ -593,9 +575,9 @@ async fn rw_waiters_do_not_spin_and_a_writer_outlasts_many_readers() {
         rw_keys_become(&etcd, "quiet", 10 + n).await;
     }
     tokio::time::sleep(QUIET).await;
-    let from = requests(&etcd);
+    let from = etcd.requests();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = requests(&etcd) - from;
+    let idle = etcd.requests() - from;
     assert!(
         idle < 10.0,
         "{idle} requests in 1 s while 7 RW waiters wait"

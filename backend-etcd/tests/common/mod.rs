@@ -108,6 +108,28 @@ impl Etcd {
         waiter
     }
 
+    /// Requests etcd has served so far: transactions and ranges.
+    pub fn requests(&self) -> f64 {
+        self.server.metric("etcd_mvcc_txn_total").unwrap()
+            + self.server.metric("etcd_mvcc_range_total").unwrap()
+    }
+
+    /// A session whose connections go through a TCP proxy of its own (to lose replies, cut
+    /// connections), with the proxy.
+    pub async fn proxied(&self) -> (locksmith_etcd::testing::TcpProxy, EtcdLock) {
+        let proxy = locksmith_etcd::testing::TcpProxy::start(&self.server.endpoint())
+            .await
+            .unwrap();
+        let config = EtcdConfig {
+            endpoints: vec![proxy.endpoint()],
+            ..self.config.clone()
+        };
+        let session = within("connect through the proxy", EtcdLock::connect(&config))
+            .await
+            .unwrap();
+        (proxy, session)
+    }
+
     /// A plain etcd client, as an operator or another program would use.
     pub async fn raw(&self) -> Client {
         Client::connect([self.server.client_url()], None)
