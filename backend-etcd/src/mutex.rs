@@ -20,9 +20,8 @@ use etcd_client::{
 };
 use locksmith_api::{validate_name, LockError, LockGuard, LossReason};
 
-use crate::error::from_etcd;
 use crate::hold::{why_deleted, PendingKey, Stamp};
-use crate::retry::{self, Backoff, ErrorKind};
+use crate::retry::{self, Backoff};
 use crate::session::{Link, Session};
 use crate::watch::{self, QueueKey, Tracked, Watched};
 
@@ -392,12 +391,12 @@ async fn enqueue_and_wait(
                         });
                     }
                     Ok(Watched::Reread) => backoff.wait(session).await?,
-                    Err(err) => watch_failed(session, err, &mut backoff).await?,
+                    Err(err) => watch::failed(session, err, &mut backoff).await?,
                 }
                 continue;
             }
         };
-        match watch::all_gone(session, keys.prefix.as_bytes(), &own, &older).await {
+        match watch::all_gone(session, &[keys.prefix.as_bytes()], &own, &older).await {
             Ok(Tracked::Owner { at }) => return Ok(owner(at)),
             Ok(Tracked::OwnGone) => return Err(own_key_gone(session, name).await),
             // Older keys than the ones we know (one ahead withdrew out of turn), or a watch
@@ -405,7 +404,7 @@ async fn enqueue_and_wait(
             // we are not next, so the pause costs nothing, and should the read and the check
             // ever disagree, it keeps the disagreement from becoming a busy loop.
             Ok(Tracked::Incomplete | Tracked::Reread) => backoff.wait(session).await?,
-            Err(err) => watch_failed(session, err, &mut backoff).await?,
+            Err(err) => watch::failed(session, err, &mut backoff).await?,
         }
     }
 }
@@ -422,19 +421,6 @@ async fn own_key_gone(session: &Session, name: &str) -> LockError {
             reason: LossReason::Deleted,
         },
         reason => session.lost_error(session.ended_watch.reason().unwrap_or(reason)),
-    }
-}
-
-/// A wait's read failed with `err`: back off and read again if that may help.
-async fn watch_failed(
-    session: &Session,
-    err: etcd_client::Error,
-    backoff: &mut Backoff,
-) -> Result<(), LockError> {
-    match retry::classify(&err) {
-        ErrorKind::Transient => backoff.wait(session).await,
-        ErrorKind::LeaseGone => Err(session.lease_gone()),
-        ErrorKind::Permanent => Err(from_etcd(err, &session.endpoints, "watch the lock queue")),
     }
 }
 

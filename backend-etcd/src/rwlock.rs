@@ -8,9 +8,13 @@
 //! a lost reply is the attempt's, and the mutex's session ticket per name is not needed: each
 //! attempt takes a local ticket on its own key only to reuse the cleanup of [`PendingKey`].
 //!
-//! A waiter waits like Go's: for the delete of the newest older key that blocks it, then reads
-//! again, until none is left. The wait is [`watch::gone`] (a watch from now, synced, then a
-//! read), so a handoff costs the delete event plus one read, never etcd's catch-up loop.
+//! A waiter knows every older key that blocks it from its queue transaction's own reads (up to
+//! [`TRACK`] of them) and watches their deletes and its own key's on one watch, so it holds the
+//! moment the last one's delete arrives, with no read ([`watch::all_gone`]); readers ahead may
+//! release in any order. Behind more than [`TRACK`] it waits for the newest of them to go
+//! ([`watch::gone`]), then reads again. Go's waiter instead waits for the newest older key from
+//! a revision etcd has passed, then reads again: a read after every delete, and etcd's 100 ms
+//! catch-up loop on most handoffs.
 
 use std::sync::Arc;
 
@@ -20,9 +24,9 @@ use etcd_client::{
 use locksmith_api::{validate_name, LockError, LockGuard};
 
 use crate::attempt::{malformed, own_key_gone, prefix_end, read, Attempt, Sent};
-use crate::retry::{self, Backoff};
+use crate::retry::Backoff;
 use crate::session::Session;
-use crate::watch::{self, is_direct_child, Watched};
+use crate::watch::{self, is_direct_child, QueueKey, Tracked, Watched};
 
 /// Keys read per page when looking past nested names for the newest older key.
 const PAGE: i64 = 64;
@@ -69,9 +73,6 @@ impl RwKeys {
         }
     }
 }
-
-/// A newest blocking key and its create revision.
-type Blocker = Option<(Vec<u8>, i64)>;
 
 /// Waits for `side` of `name` in FIFO order with writer preference; see [`crate::EtcdLock`].
 pub(crate) async fn acquire(
@@ -201,7 +202,7 @@ async fn enqueue_and_wait(
     );
     // Put unless a retry finds our key already there (its reply was lost): then read it. The
     // put branch also reads the newest keys that may block us, so that an uncontended attempt
-    // takes one round trip.
+    // takes one round trip, and a contended one knows what to wait for.
     let newest = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Descend)
@@ -222,73 +223,121 @@ async fn enqueue_and_wait(
     let Some(sent) = attempt.send(session, txn).await? else {
         return Err(own_key_gone(session, &attempt.name).await);
     };
-    let mut known = blocker_in(&sent, &keys.blockers(), &attempt.own);
+    let own = QueueKey {
+        key: attempt.own.clone().into_bytes(),
+        revision: sent.revision,
+    };
+    let prefixes: Vec<&[u8]> = keys.blockers().into_iter().map(str::as_bytes).collect();
+    let mut known = ahead_in(&sent, &prefixes, &own);
     let mut backoff = Backoff::default();
     loop {
-        let (blocker, own, header) = match known.take() {
-            Some(blocker) => (blocker, Some(sent.revision), sent.header),
-            None => newest_blocker(session, keys, &attempt.own, sent.revision).await?,
+        let (ahead, own_revision, header) = match known.take() {
+            Some(ahead) => (ahead, Some(sent.revision), sent.header),
+            None => read_ahead(session, &prefixes, &own).await?,
         };
-        if own != Some(sent.revision) {
+        // Only our own key, still there with our revision, proves the hold: the session may
+        // have ended while we waited (etcd issue 9921, and Go's RWMutex #16221).
+        if own_revision != Some(sent.revision) {
             return Err(own_key_gone(session, &attempt.name).await);
         }
-        let Some((key, revision)) = blocker else {
-            return Ok((sent.revision, header));
+        let waited = match ahead {
+            Ahead::All(older) if older.is_empty() => return Ok((sent.revision, header)),
+            Ahead::All(older) => match watch::all_gone(session, &prefixes, &own, &older).await {
+                Ok(Tracked::Owner { at }) => return Ok((sent.revision, at)),
+                Ok(Tracked::OwnGone) => return Err(own_key_gone(session, &attempt.name).await),
+                // Older keys than the ones we know, or a watch that could not go on.
+                Ok(Tracked::Incomplete | Tracked::Reread) => Ok(Watched::Reread),
+                Err(err) => Err(err),
+            },
+            Ahead::Many(newest) => watch::gone(session, &newest.key, newest.revision).await,
         };
-        match watch::gone(session, &key, revision).await {
+        match waited {
             Ok(Watched::Deleted) => backoff.reset(),
             Ok(Watched::Reread) => backoff.wait(session).await?,
-            Err(err) => match retry::classify(&err) {
-                retry::ErrorKind::Transient => backoff.wait(session).await?,
-                retry::ErrorKind::LeaseGone => return Err(session.lease_gone()),
-                retry::ErrorKind::Permanent => {
-                    return Err(crate::error::from_etcd(
-                        err,
-                        &session.endpoints,
-                        "watch the lock queue",
-                    ))
-                }
-            },
+            Err(err) => watch::failed(session, err, &mut backoff).await?,
         }
     }
 }
 
-/// The newest blocking key among the put's own reads (one per blocking prefix, newest first,
-/// taken at the put's revision: every key there is older than ours, or ours).
-fn blocker_in(sent: &Sent, prefixes: &[&str], own: &str) -> Option<Blocker> {
+/// Who blocks our key, as one read showed it.
+#[derive(Debug)]
+enum Ahead {
+    /// Every older key that blocks ours, at most [`TRACK`] of them (none: ours holds). The
+    /// waiter watches them all on one watch and holds at the last one's delete.
+    All(Vec<QueueKey>),
+    /// More than [`TRACK`]: the newest blocking key found, whose delete the waiter waits for
+    /// before it reads again.
+    Many(QueueKey),
+}
+
+/// How many blocking keys a waiter tracks at once: a waiter behind more waits for the newest
+/// of them, then reads again. One transaction reads them all back (etcd allows 128 operations).
+const TRACK: usize = 48;
+
+/// Collects the keys that block ours from pages of the blocking prefixes (newest first).
+#[derive(Default)]
+struct AheadSorter {
+    older: Vec<QueueKey>,
+}
+
+impl AheadSorter {
+    /// Takes the direct children of `prefix` on one page, except `own`; false once there are
+    /// more than [`TRACK`].
+    fn take(&mut self, prefix: &[u8], page: &[etcd_client::KeyValue], own: &QueueKey) -> bool {
+        self.older.extend(
+            page.iter()
+                .filter(|kv| kv.key() != own.key.as_slice() && kv.create_revision() < own.revision)
+                .filter(|kv| is_direct_child(prefix, kv.key()))
+                .map(|kv| QueueKey {
+                    key: kv.key().to_vec(),
+                    revision: kv.create_revision(),
+                }),
+        );
+        self.older.len() <= TRACK
+    }
+
+    fn finish(mut self) -> Ahead {
+        if self.older.len() <= TRACK {
+            return Ahead::All(self.older);
+        }
+        self.older
+            .sort_by_key(|key| std::cmp::Reverse(key.revision));
+        let newest = self.older.swap_remove(0);
+        Ahead::Many(newest)
+    }
+}
+
+/// The keys that block ours, from the put's own reads (one page per blocking prefix, newest
+/// first, taken at the put's revision: every key there is older than ours, or ours); `None`
+/// when a page was full and its rest matters.
+fn ahead_in(sent: &Sent, prefixes: &[&[u8]], own: &QueueKey) -> Option<Ahead> {
     if !sent.put_now {
         return None;
     }
-    let mut newest: Blocker = None;
+    let mut sorter = AheadSorter::default();
     let gets = sent.reply.op_responses().into_iter().skip(1);
     for (prefix, response) in prefixes.iter().zip(gets) {
         let TxnOpResponse::Get(found) = response else {
             return None;
         };
-        let direct = found
-            .kvs()
-            .iter()
-            .filter(|kv| kv.key() != own.as_bytes())
-            .find(|kv| is_direct_child(prefix.as_bytes(), kv.key()));
-        match direct {
-            Some(kv) => keep_newest(&mut newest, kv),
-            // A full page of nested names (or our own key alone and more): read further.
-            None if found.more() => return None,
-            None => {}
+        if !sorter.take(prefix, found.kvs(), own) {
+            return Some(sorter.finish());
+        }
+        if found.more() {
+            return None;
         }
     }
-    Some(newest)
+    Some(sorter.finish())
 }
 
-/// The newest key older than `revision` under the blocking prefixes (direct children only),
-/// our own key's create revision, and the store revision they were read at: one round trip,
-/// unless pages full of nested names need more.
-async fn newest_blocker(
+/// Reads the keys older than ours under the blocking prefixes (direct children only), our own
+/// key's create revision, and the store revision they were read at: one round trip, unless
+/// pages full of nested names (or of keys beyond [`TRACK`]) need more.
+async fn read_ahead(
     session: &Session,
-    keys: &RwKeys,
-    own_key: &str,
-    revision: i64,
-) -> Result<(Blocker, Option<i64>, i64), LockError> {
+    prefixes: &[&[u8]],
+    own: &QueueKey,
+) -> Result<(Ahead, Option<i64>, i64), LockError> {
     let older = |below: i64| {
         GetOptions::new()
             .with_prefix()
@@ -297,13 +346,12 @@ async fn newest_blocker(
             .with_limit(PAGE)
             .with_keys_only()
     };
-    let prefixes = keys.blockers();
     let txn = Txn::new().and_then(
         prefixes
             .iter()
-            .map(|prefix| TxnOp::get(*prefix, Some(older(revision - 1))))
+            .map(|prefix| TxnOp::get(*prefix, Some(older(own.revision - 1))))
             .chain([TxnOp::get(
-                own_key,
+                own.key.as_slice(),
                 Some(GetOptions::new().with_keys_only()),
             )])
             .collect::<Vec<_>>(),
@@ -311,25 +359,21 @@ async fn newest_blocker(
     let reply = read(session, txn).await?;
     let header = reply.header().map_or(0, |h| h.revision());
     let responses = reply.op_responses();
-    let own = match responses.get(prefixes.len()) {
+    let own_revision = match responses.get(prefixes.len()) {
         Some(TxnOpResponse::Get(mine)) => mine.kvs().first().map(|kv| kv.create_revision()),
         _ => return Err(malformed("the queue read")),
     };
-    let mut newest: Blocker = None;
-    for (prefix, response) in prefixes.iter().zip(responses) {
+    let mut sorter = AheadSorter::default();
+    'prefixes: for (prefix, response) in prefixes.iter().zip(responses) {
         let TxnOpResponse::Get(mut found) = response else {
             return Err(malformed("the queue read"));
         };
         loop {
-            if let Some(kv) = found
-                .kvs()
-                .iter()
-                .find(|kv| is_direct_child(prefix.as_bytes(), kv.key()))
-            {
-                keep_newest(&mut newest, kv);
-                break;
+            if !sorter.take(prefix, found.kvs(), own) {
+                break 'prefixes;
             }
-            // A page of nested names only: look further back.
+            // The rest of a full page, further back. Keys older than ours can only go, so a
+            // later read misses none that matter.
             let below = match found.kvs().last() {
                 Some(last) if found.more() => last.create_revision() - 1,
                 _ => break,
@@ -345,15 +389,5 @@ async fn newest_blocker(
             };
         }
     }
-    Ok((newest, own, header))
-}
-
-/// Keeps `kv` in `newest` if it was created later than what is there.
-fn keep_newest(newest: &mut Blocker, kv: &etcd_client::KeyValue) {
-    if newest
-        .as_ref()
-        .is_none_or(|(_, revision)| kv.create_revision() > *revision)
-    {
-        *newest = Some((kv.key().to_vec(), kv.create_revision()));
-    }
+    Ok((sorter.finish(), own_revision, header))
 }

@@ -2,7 +2,11 @@
 
 use etcd_client::{GetOptions, GetResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
 
+use locksmith_api::LockError;
+
+use crate::error::from_etcd;
 use crate::hub::Notice;
+use crate::retry::{self, Backoff, ErrorKind};
 use crate::session::Link;
 
 /// How a wait for a delete ended.
@@ -53,6 +57,22 @@ pub(crate) async fn gone(
         return Ok(Watched::Deleted);
     }
     Ok(outcome(watch.next().await))
+}
+
+/// A wait's read failed with `err`: backs off when another read may help, else fails.
+///
+/// # Errors
+/// `SessionLost` once etcd no longer knows the lease; the etcd error when retrying cannot help.
+pub(crate) async fn failed(
+    link: &Link,
+    err: etcd_client::Error,
+    backoff: &mut Backoff,
+) -> Result<(), LockError> {
+    match retry::classify(&err) {
+        ErrorKind::Transient => backoff.wait(link).await,
+        ErrorKind::LeaseGone => Err(link.lease_gone()),
+        ErrorKind::Permanent => Err(from_etcd(err, &link.endpoints, "watch the lock queue")),
+    }
 }
 
 /// Waits for a delete of `key` at or after `from_revision`: the loss watch of a hold.
@@ -151,13 +171,16 @@ pub(crate) fn is_direct_child(prefix: &[u8], key: &[u8]) -> bool {
         .is_some_and(|rest| !rest.is_empty() && !rest.contains(&b'/'))
 }
 
-/// Waits until every key of `older` (the keys of the queue under `prefix` older than `own`,
-/// as far as an earlier read showed them) is gone, and tells whether `own` still stood at
-/// that moment: a handoff that costs the delete event and nothing more.
+/// Waits until every key of `older` (the keys of the queue under `prefixes` older than `own`
+/// that `own` waits for, as far as an earlier read showed them) is gone, and tells whether
+/// `own` still stood at that moment: a handoff that costs the delete event and nothing more.
+/// A mutex's queue is one prefix; a writer of a reader-writer lock waits for the keys under
+/// two (readers and writers).
 ///
-/// `older` must hold every key created between its oldest and `own`; the read made here
-/// checks that nothing older than its oldest is left (a key further ahead that withdrew out
-/// of turn leaves keys before it), else the answer is [`Tracked::Incomplete`].
+/// `older` must hold every key under `prefixes` created between its oldest and `own`; the
+/// read made here checks that nothing older than its oldest is left there (a key further
+/// ahead that withdrew out of turn leaves keys before it), else the answer is
+/// [`Tracked::Incomplete`].
 ///
 /// One watch covers `own` and every older key (the key range between them, deletes only), so
 /// its events come in revision order: the delete of the last older key arrives after any
@@ -174,7 +197,7 @@ pub(crate) fn is_direct_child(prefix: &[u8], key: &[u8]) -> bool {
 /// The etcd error of that read.
 pub(crate) async fn all_gone(
     link: &Link,
-    prefix: &[u8],
+    prefixes: &[&[u8]],
     own: &QueueKey,
     older: &[QueueKey],
 ) -> Result<Tracked, etcd_client::Error> {
@@ -202,7 +225,11 @@ pub(crate) async fn all_gone(
     let read = Txn::new().and_then(
         keys()
             .map(|key| TxnOp::get(key, Some(GetOptions::new().with_keys_only())))
-            .chain([TxnOp::get(prefix, Some(before))])
+            .chain(
+                prefixes
+                    .iter()
+                    .map(|prefix| TxnOp::get(*prefix, Some(before.clone()))),
+            )
             .collect::<Vec<_>>(),
     );
     let mut client = link.client.clone();
@@ -223,13 +250,19 @@ pub(crate) async fn all_gone(
     if !stands(0, own) {
         return Ok(Tracked::OwnGone);
     }
-    let Some(TxnOpResponse::Get(before)) = found.last() else {
+    let befores = found.get(older.len() + 1..).unwrap_or_default();
+    if befores.len() != prefixes.len() {
         return Ok(Tracked::Incomplete);
-    };
-    match nothing_older_left(link, prefix, before).await? {
-        Some(true) => {}
-        Some(false) => return Ok(Tracked::Incomplete),
-        None => return Ok(Tracked::Reread),
+    }
+    for (prefix, before) in prefixes.iter().zip(befores) {
+        let TxnOpResponse::Get(before) = before else {
+            return Ok(Tracked::Incomplete);
+        };
+        match nothing_older_left(link, prefix, before).await? {
+            Some(true) => {}
+            Some(false) => return Ok(Tracked::Incomplete),
+            None => return Ok(Tracked::Reread),
+        }
     }
     let mut left: Vec<&[u8]> = older
         .iter()

@@ -122,6 +122,54 @@ async fn readers_after_a_waiting_writer_queue_behind_it() {
     rw_keys_become(&etcd, "doc", 0).await;
 }
 
+/// A writer tracks every older reader on one watch (up to 48 of them) and holds at the last
+/// one's delete, whatever order they go in; behind more it waits for the newest and reads
+/// again. Both paths: 60 readers over two sessions, released out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waits_for_every_older_reader_in_any_order() {
+    const READERS: usize = 60;
+    let etcd = Etcd::new();
+    let (a, b, w) = (
+        etcd.session().await,
+        etcd.session().await,
+        etcd.session().await,
+    );
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let session = if i % 2 == 0 { &a } else { &b };
+        readers.push(session.read("many").await.unwrap());
+    }
+    let newest_reader = readers.iter().map(|r| r.fencing_token()).max().unwrap();
+    let writing = {
+        let w = w.clone();
+        tokio::spawn(async move { w.write("many").await })
+    };
+    rw_keys_become(&etcd, "many", READERS + 1).await;
+    // Newest first for a while (the path behind more than it tracks), then from both ends.
+    let mut order: Vec<usize> = (0..READERS).rev().take(20).collect();
+    let rest: Vec<usize> = (0..READERS - 20).collect();
+    let (front, back) = rest.split_at(rest.len() / 2);
+    order.extend(
+        front
+            .iter()
+            .zip(back.iter().rev())
+            .flat_map(|(x, y)| [*x, *y]),
+    );
+    let mut readers: Vec<Option<_>> = readers.into_iter().map(Some).collect();
+    let (last, before_last) = order.split_last().unwrap();
+    for index in before_last {
+        readers[*index].take().unwrap().unlock().await.unwrap();
+        assert!(!writing.is_finished(), "a writer beside a reader");
+    }
+    tokio::time::sleep(QUIET).await;
+    assert!(!writing.is_finished(), "a writer beside the last reader");
+    readers[*last].take().unwrap().unlock().await.unwrap();
+    let writer = within("the writer", writing).await.unwrap().unwrap();
+    assert!(writer.fencing_token() > newest_reader);
+    writer.unlock().await.unwrap();
+    rw_keys_become(&etcd, "many", 0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_tries_and_dropped_waits_leave_no_key() {
     let etcd = Etcd::new();
