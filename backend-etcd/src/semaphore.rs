@@ -10,11 +10,14 @@
 //! another one withdraws its key and fails. An uncontended acquire is one transaction (put,
 //! then read the oldest `limit` keys with it), a release one guarded delete.
 //!
-//! A waiter reads how many keys are older than its own and the newest [`TRACK`] + `limit` of
-//! them, and watches each of those (and its own key) on the session's watch stream. When every
-//! older key is among them it counts their delete events and holds as soon as fewer than
-//! `limit` are left, with no read; further back it reads again at the first delete among them.
-//! Either way each delete reaches at most `limit` + [`TRACK`] waiters, however long the queue.
+//! A waiter knows how many keys are older than its own (counted up to `limit` + [`TRACK`] + 1)
+//! and the newest `limit` + [`TRACK`] of them, from its queue transaction's own read. Near the
+//! head (every older key known) it watches the key range holding them and its own key on one
+//! watch and holds the moment fewer than `limit` older keys are left, with no read
+//! ([`watch::fewer_than`]). Further back it watches the newest `limit` older keys, one watch
+//! each, and reads the queue again once one of them goes: it cannot hold before that, and by
+//! then the keys further ahead, granted first, have mostly gone, so it is near. A release
+//! reaches at most `limit` waiters far back and the [`TRACK`] + 1 near the head.
 
 use std::sync::Arc;
 
@@ -26,8 +29,9 @@ use crate::attempt::{malformed, own_key_gone, read, Attempt, Sent};
 use crate::hub::{next_of, Notice, Subscription};
 use crate::retry::Backoff;
 use crate::session::Session;
+use crate::watch::{self, QueueKey, Tracked, Watched};
 
-/// How many keys beyond `limit` a waiter tracks.
+/// How many keys beyond `limit` a waiter keeps in view.
 const TRACK: usize = 2;
 
 /// `{namespace}\u{1f}semaphore/{escaped name}/`.
@@ -123,8 +127,9 @@ async fn enqueue_and_wait(
                 Some(PutOptions::new().with_lease(session.lease_id)),
             ),
             TxnOp::get(prefix, Some(oldest.clone())),
-            // Ours and the key just before it (the put is the newest key).
-            TxnOp::get(prefix, Some(newest_two())),
+            // Ours (the put is the newest key) and the keys just before it: the one whose
+            // limit must match, and those a waiter watches.
+            TxnOp::get(prefix, Some(newest(window(limit) + 2))),
         ])
         // A retry after a lost reply finds our key: the limit is checked all the same (the
         // put's own read never reached us), against the oldest keys read with it.
@@ -138,18 +143,18 @@ async fn enqueue_and_wait(
     // Either branch read the oldest keys in the same transaction that put or found ours.
     let holders = oldest_keys(&sent)?;
     check_limit(attempt, holders.first(), limit)?;
-    check_limit(
-        attempt,
-        predecessor(session, prefix, attempt, &sent).await?.as_ref(),
-        limit,
-    )?;
+    let (predecessor, known) = match put_read(&sent, attempt, limit)? {
+        Some((predecessor, ahead)) => (predecessor, Some(ahead)),
+        None => (predecessor(session, prefix, attempt, &sent).await?, None),
+    };
+    check_limit(attempt, predecessor.as_ref(), limit)?;
     if holders.iter().any(|kv| kv.key() == attempt.own.as_bytes()) {
         return Ok(Some((sent.revision, sent.header)));
     }
     if !wait {
         return Ok(None);
     }
-    wait_for_permit(session, prefix, attempt, &sent, limit, wait).await
+    wait_for_permit(session, prefix, attempt, &sent, limit, known).await
 }
 
 /// The oldest keys the queue transaction read (at its revision), in either branch.
@@ -160,12 +165,41 @@ fn oldest_keys(sent: &Sent) -> Result<Vec<KeyValue>, LockError> {
     }
 }
 
-/// The newest two keys of a queue.
-fn newest_two() -> GetOptions {
+/// The newest `count` keys of a queue, newest first.
+fn newest(count: usize) -> GetOptions {
     GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_limit(2)
+        .with_limit(i64::try_from(count).unwrap_or(i64::MAX))
+}
+
+/// How many of the newest older keys a waiter keeps in view: `limit` + [`TRACK`].
+fn window(limit: u32) -> usize {
+    limit as usize + TRACK
+}
+
+/// From the put's own read of the newest keys (ours first: the put is the newest): the key
+/// just before ours, and what is ahead of us. `None` when a retry found our key in place (the
+/// put's read never reached us).
+fn put_read(
+    sent: &Sent,
+    attempt: &Attempt,
+    limit: u32,
+) -> Result<Option<(Option<KeyValue>, Ahead)>, LockError> {
+    if !sent.put_now {
+        return Ok(None);
+    }
+    let Some(TxnOpResponse::Get(found)) = sent.reply.op_responses().get(2).cloned() else {
+        return Err(malformed("the semaphore queue"));
+    };
+    let older: Vec<&KeyValue> = found
+        .kvs()
+        .iter()
+        .filter(|kv| kv.key() != attempt.own.as_bytes() && kv.create_revision() < sent.revision)
+        .collect();
+    let predecessor = older.first().map(|kv| (*kv).clone());
+    let ahead = Ahead::from_newest(older.into_iter(), limit, Some(sent.revision), sent.header);
+    Ok(Some((predecessor, ahead)))
 }
 
 /// The key just before ours, which must carry our limit as the oldest must. Checking the
@@ -174,29 +208,22 @@ fn newest_two() -> GetOptions {
 /// its limit is accepted behind waiters of the old limit and holds beside them. With both
 /// checks every accepted key carries the limit of the key before it, so a queue's accepted
 /// keys share one limit; a refused key ahead only makes later callers fail until it is gone.
-/// From the put's own read, or (after a lost reply) one more read.
+/// Read here when the put's own read is not ours (after a lost reply).
 async fn predecessor(
     session: &Session,
     prefix: &str,
     attempt: &Attempt,
     sent: &Sent,
 ) -> Result<Option<KeyValue>, LockError> {
-    let found = if sent.put_now {
-        match sent.reply.op_responses().get(2) {
-            Some(TxnOpResponse::Get(found)) => found.kvs().to_vec(),
-            _ => return Err(malformed("the semaphore queue")),
-        }
-    } else {
-        let older = newest_two().with_max_create_revision(sent.revision - 1);
-        let reply = read(
-            session,
-            Txn::new().and_then([TxnOp::get(prefix, Some(older))]),
-        )
-        .await?;
-        match reply.op_responses().into_iter().next() {
-            Some(TxnOpResponse::Get(found)) => found.kvs().to_vec(),
-            _ => return Err(malformed("the semaphore queue")),
-        }
+    let older = newest(2).with_max_create_revision(sent.revision - 1);
+    let reply = read(
+        session,
+        Txn::new().and_then([TxnOp::get(prefix, Some(older))]),
+    )
+    .await?;
+    let found = match reply.op_responses().into_iter().next() {
+        Some(TxnOpResponse::Get(found)) => found.kvs().to_vec(),
+        _ => return Err(malformed("the semaphore queue")),
     };
     Ok(found
         .into_iter()
@@ -225,153 +252,182 @@ fn check_limit(attempt: &Attempt, oldest: Option<&KeyValue>, limit: u32) -> Resu
     }
 }
 
-/// What one read of the queue behind a waiter found.
+/// Waiters near the head track at most this many older keys on one watch (whose read-back
+/// must stay within etcd's 128 operations per transaction); with a larger limit they wait as
+/// the waiters further back do.
+const NEAR: usize = 64;
+
+/// What one read of the queue ahead of a waiter found.
 struct Ahead {
-    /// How many keys are older than ours, counted up to `limit` + [`TRACK`] + 1 (beyond that
-    /// the waiter is far back, and the exact number does not matter).
+    /// How many keys are older than ours, counted up to the [`window`] + 1 (beyond that the
+    /// waiter is far back, and the exact number does not matter).
     older: usize,
-    /// The newest `limit` + [`TRACK`] of them (keys and create revisions).
-    newest: Vec<(Vec<u8>, i64)>,
+    /// The newest [`window`] of them.
+    newest: Vec<QueueKey>,
     /// Our key's create revision, if it is there.
     own: Option<i64>,
     /// The store revision of the read.
     header: i64,
 }
 
-/// Reads the keys older than the one created at `revision`, newest first (up to `limit` +
-/// [`TRACK`] + 1 of them), and our own key. etcd applies `max_create_revision` after its
+impl Ahead {
+    /// From the keys older than ours, newest first (at most [`window`] + 1 of them).
+    fn from_newest<'a>(
+        older: impl Iterator<Item = &'a KeyValue>,
+        limit: u32,
+        own: Option<i64>,
+        header: i64,
+    ) -> Ahead {
+        let mut newest: Vec<QueueKey> = older
+            .map(|kv| QueueKey {
+                key: kv.key().to_vec(),
+                revision: kv.create_revision(),
+            })
+            .collect();
+        let older = newest.len();
+        newest.truncate(window(limit));
+        Ahead {
+            older,
+            newest,
+            own,
+            header,
+        }
+    }
+
+    /// True when `newest` holds every older key, few enough for one watch.
+    fn knows_all(&self) -> bool {
+        self.older == self.newest.len() && self.older <= NEAR
+    }
+}
+
+/// Reads the keys older than the one created at `revision`, newest first (up to the
+/// [`window`] + 1 of them), and our own key. etcd applies `max_create_revision` after its
 /// count, so a count-only read would count younger keys too: the keys themselves are read.
 async fn ahead(
     session: &Session,
     prefix: &str,
-    own: &str,
-    revision: i64,
+    own: &QueueKey,
     limit: u32,
 ) -> Result<Ahead, LockError> {
-    let tracked = limit as usize + TRACK;
-    let older = GetOptions::new()
-        .with_prefix()
-        .with_max_create_revision(revision - 1)
-        .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_limit(tracked as i64 + 1)
+    let older = newest(window(limit) + 1)
+        .with_max_create_revision(own.revision - 1)
         .with_keys_only();
     let txn = Txn::new().and_then([
         TxnOp::get(prefix, Some(older)),
-        TxnOp::get(own, Some(GetOptions::new().with_keys_only())),
+        TxnOp::get(own.key.as_slice(), Some(GetOptions::new().with_keys_only())),
     ]);
     let reply = read(session, txn).await?;
     let header = reply.header().map_or(0, |h| h.revision());
-    let (newest, mine) = match reply.op_responses().as_slice() {
-        [TxnOpResponse::Get(newest), TxnOpResponse::Get(mine)] => (newest.clone(), mine.clone()),
-        _ => return Err(malformed("the semaphore queue read")),
-    };
-    let mut keys: Vec<(Vec<u8>, i64)> = newest
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key().to_vec(), kv.create_revision()))
-        .collect();
-    let older = keys.len();
-    keys.truncate(tracked);
-    Ok(Ahead {
-        older,
-        newest: keys,
-        own: mine.kvs().first().map(|kv| kv.create_revision()),
-        header,
-    })
+    match reply.op_responses().as_slice() {
+        [TxnOpResponse::Get(newest), TxnOpResponse::Get(mine)] => Ok(Ahead::from_newest(
+            newest.kvs().iter(),
+            limit,
+            mine.kvs().first().map(|kv| kv.create_revision()),
+            header,
+        )),
+        _ => Err(malformed("the semaphore queue read")),
+    }
 }
 
-/// Waits until fewer than `limit` keys older than ours are left.
+/// Waits until fewer than `limit` keys older than ours are left, starting from `known` (the
+/// put's own read) if given.
 async fn wait_for_permit(
     session: &Session,
     prefix: &str,
     attempt: &Attempt,
     sent: &Sent,
     limit: u32,
-    wait: bool,
+    mut known: Option<Ahead>,
 ) -> Result<Option<(i64, i64)>, LockError> {
-    let limit_count = limit as usize;
+    let own = QueueKey {
+        key: attempt.own.clone().into_bytes(),
+        revision: sent.revision,
+    };
+    let prefixes = [prefix.as_bytes()];
     let mut backoff = Backoff::default();
     loop {
-        let read_now = ahead(session, prefix, &attempt.own, sent.revision, limit).await?;
-        if read_now.own != Some(sent.revision) {
-            return Err(own_key_gone(session, &attempt.name).await);
-        }
-        if read_now.older < limit_count {
-            return Ok(Some((sent.revision, read_now.header)));
-        }
-        if !wait {
-            return Ok(None);
-        }
-        // Watch the newest older keys and our own, then read again: whatever happened before
-        // the watches existed is in that read, everything after in their events.
-        let mut watched: Vec<Subscription> = read_now
-            .newest
-            .iter()
-            .map(|(key, _)| session.watches.watch(key, 0))
-            .chain([session.watches.watch(attempt.own.as_bytes(), 0)])
-            .collect();
-        if !all_created(&mut watched).await {
-            backoff.wait(session).await?;
-            continue;
-        }
-        let now = ahead(session, prefix, &attempt.own, sent.revision, limit).await?;
+        let now = match known.take() {
+            Some(known) => known,
+            None => ahead(session, prefix, &own, limit).await?,
+        };
         if now.own != Some(sent.revision) {
             return Err(own_key_gone(session, &attempt.name).await);
         }
-        if now.older < limit_count {
+        if now.older < limit as usize {
             return Ok(Some((sent.revision, now.header)));
         }
-        let own_index = watched.len() - 1;
-        // Of the keys we watch, those still there: their deletes are all we wait for.
-        let mut alive: Vec<bool> = read_now
-            .newest
-            .iter()
-            .map(|(key, revision)| now.newest.iter().any(|(k, r)| k == key && r == revision))
-            .collect();
-        // Every older key is one we watch: count their deletes.
-        let watched_alive = alive.iter().filter(|a| **a).count();
-        let all_known = now.older == watched_alive;
-        if !all_known && watched_alive < limit_count {
-            // Most watched keys went before their watches existed, and older keys we do not
-            // watch remain: a permit could come free through those alone, and no event of
-            // ours would tell. Watch the newest older keys as they are now.
-            continue;
-        }
-        loop {
-            let (index, notice) = next_of(&mut watched).await;
-            match notice {
-                Notice::Created => {}
-                Notice::Deleted if index == own_index => {
-                    return Err(own_key_gone(session, &attempt.name).await);
-                }
-                Notice::Deleted if all_known => {
-                    if let Some(flag) = alive.get_mut(index) {
-                        *flag = false;
-                    }
-                    if alive.iter().filter(|a| **a).count() < limit_count {
-                        // A permit is ours unless our own key went meanwhile, which another
-                        // watch may tell later: the read at the top of the loop decides.
-                        break;
-                    }
-                }
-                // Further back: one of the keys ahead went; read again.
-                Notice::Deleted => break,
-                _ => {
-                    backoff.wait(session).await?;
-                    break;
-                }
+        let waited = if now.knows_all() {
+            let near = watch::fewer_than(session, &prefixes, &own, &now.newest, limit as usize);
+            match near.await {
+                Ok(Tracked::Owner { at }) => return Ok(Some((sent.revision, at))),
+                Ok(Tracked::OwnGone) => return Err(own_key_gone(session, &attempt.name).await),
+                // Older keys than the ones we know, or a watch that could not go on.
+                Ok(Tracked::Incomplete | Tracked::Reread) => Ok(Watched::Reread),
+                Err(err) => Err(err),
             }
+        } else {
+            match far_back(session, prefix, &own, limit, &now.newest).await? {
+                Far::Read(read) => {
+                    known = Some(read);
+                    Ok(Watched::Deleted)
+                }
+                Far::Moved => Ok(Watched::Deleted),
+                Far::Reread => Ok(Watched::Reread),
+            }
+        };
+        match waited {
+            Ok(Watched::Deleted) => backoff.reset(),
+            Ok(Watched::Reread) => backoff.wait(session).await?,
+            Err(err) => watch::failed(session, err, &mut backoff).await?,
         }
-        backoff.reset();
     }
 }
 
-/// Waits until every watch is created; false when one could not be.
-async fn all_created(watched: &mut [Subscription]) -> bool {
-    for subscription in watched.iter_mut() {
+/// How a wait far back in the queue ended.
+enum Far {
+    /// The read made once the watches existed, when the queue had moved before them: go on
+    /// from it.
+    Read(Ahead),
+    /// One of the watched keys went: read again.
+    Moved,
+    /// A watch could not be set up or went on: read again after a pause.
+    Reread,
+}
+
+/// The wait of a waiter behind more than the [`window`]: watches the newest `limit` older keys
+/// of `newest` (ours cannot hold before one of them goes: `limit` - 1 older keys at most may be
+/// left then), reads the queue once they exist, and waits for the first of them to go. Our own
+/// key is not watched: a session that ends fails the wait anyway, and a key deleted by hand is
+/// found at the next read.
+async fn far_back(
+    session: &Session,
+    prefix: &str,
+    own: &QueueKey,
+    limit: u32,
+    newest: &[QueueKey],
+) -> Result<Far, LockError> {
+    let watched = newest.get(..limit as usize).unwrap_or(newest);
+    let mut subscriptions: Vec<Subscription> = watched
+        .iter()
+        .map(|key| session.watches.watch(&key.key, 0))
+        .collect();
+    for subscription in subscriptions.iter_mut() {
         if subscription.next().await != Notice::Created {
-            return false;
+            return Ok(Far::Reread);
         }
     }
-    true
+    // Whatever happened before the watches existed is in this read, everything after in
+    // their events.
+    let now = ahead(session, prefix, own, limit).await?;
+    let stands = watched.iter().all(|key| now.newest.contains(key));
+    if now.own != Some(own.revision) || now.knows_all() || !stands {
+        return Ok(Far::Read(now));
+    }
+    loop {
+        match next_of(&mut subscriptions).await {
+            (_, Notice::Created) => {}
+            (_, Notice::Deleted) => return Ok(Far::Moved),
+            _ => return Ok(Far::Reread),
+        }
+    }
 }

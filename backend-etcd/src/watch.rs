@@ -110,7 +110,8 @@ pub(crate) struct QueueKey {
 /// How a wait for every older key of a queue ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Tracked {
-    /// Every older key was gone while ours still stood, at store revision `at`.
+    /// Every older key was gone (for [`fewer_than`]: all but fewer than its limit) while
+    /// ours still stood, at store revision `at`.
     Owner { at: i64 },
     /// Our own key is gone.
     OwnGone,
@@ -201,6 +202,21 @@ pub(crate) async fn all_gone(
     own: &QueueKey,
     older: &[QueueKey],
 ) -> Result<Tracked, etcd_client::Error> {
+    fewer_than(link, prefixes, own, older, 1).await
+}
+
+/// As [`all_gone`], but ends as soon as fewer than `limit` keys of `older` are left: the wait
+/// of a semaphore's waiter near the head of its queue (`limit` 1 is [`all_gone`]).
+///
+/// # Errors
+/// The etcd error of a read.
+pub(crate) async fn fewer_than(
+    link: &Link,
+    prefixes: &[&[u8]],
+    own: &QueueKey,
+    older: &[QueueKey],
+    limit: usize,
+) -> Result<Tracked, etcd_client::Error> {
     let keys = || std::iter::once(own).chain(older).map(|k| k.key.as_slice());
     let (Some(start), Some(last)) = (keys().min(), keys().max()) else {
         return Ok(Tracked::Reread);
@@ -270,7 +286,7 @@ pub(crate) async fn all_gone(
         .filter(|(index, key)| stands(index + 1, key))
         .map(|(_, key)| key.key.as_slice())
         .collect();
-    if left.is_empty() {
+    if left.len() < limit {
         return Ok(Tracked::Owner { at: read_at });
     }
     loop {
@@ -285,7 +301,7 @@ pub(crate) async fn all_gone(
                 return Ok(Tracked::OwnGone);
             }
             left.retain(|key| at.iter().all(|deletion| deletion.key != *key));
-            if let (true, Some(deletion)) = (left.is_empty(), at.first()) {
+            if let (true, Some(deletion)) = (left.len() < limit, at.first()) {
                 return Ok(Tracked::Owner {
                     at: deletion.revision,
                 });

@@ -217,3 +217,44 @@ async fn a_long_queue_is_served_in_order_within_the_limit() {
     }
     permits_become(&etcd, "pool", 0).await;
 }
+
+/// A permit held at the head of the queue for the whole test does not stall the waiters far
+/// behind it: the other permits turn over among them, and each is served while it still
+/// holds. (A waiter far back that waited for the delete of one key ahead of it, as a mutex's
+/// does, would wait here for the long holder.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_hold_at_the_head_does_not_stall_the_queue() {
+    const WAITERS: usize = 14;
+    let etcd = Etcd::new();
+    let holder = etcd.session().await;
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(etcd.session().await);
+    }
+    let long = holder.acquire("turnover", 3).await.unwrap();
+    let short: Vec<_> = vec![
+        holder.acquire("turnover", 3).await.unwrap(),
+        holder.acquire("turnover", 3).await.unwrap(),
+    ];
+    let mut tasks = Vec::new();
+    for index in 0..WAITERS {
+        let session = sessions[index % sessions.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = session.acquire("turnover", 3).await.unwrap();
+            // Out of order: later waiters release sooner.
+            let pause = (WAITERS - index) % 4;
+            tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+            permit.unlock().await.unwrap();
+        }));
+        permits_become(&etcd, "turnover", index + 4).await;
+    }
+    for permit in short {
+        permit.unlock().await.unwrap();
+    }
+    for task in tasks {
+        within("a waiter behind a long hold", task).await.unwrap();
+    }
+    assert!(!long.is_lost());
+    long.unlock().await.unwrap();
+    permits_become(&etcd, "turnover", 0).await;
+}
