@@ -1,5 +1,7 @@
 //! Reads the chaos logs and judges the run: [`check`] runs one function per check over the
-//! holds that [`holds`] reconstructs from every process's log.
+//! holds that [`holds`] reconstructs from every process's log. Mutexes, leaderships, RW locks
+//! and semaphore permits are all holds; their [`Mode`]s say which may be live together and
+//! which tokens must be ordered, every other rule is the same for all of them.
 
 use std::collections::HashMap;
 
@@ -26,6 +28,8 @@ pub struct Verdict {
     pub cancelled: HashMap<String, usize>,
     /// Client errors by message (ids and numbers masked).
     pub errors: HashMap<String, usize>,
+    /// Live holds by [`Mode::kind`] (context only).
+    pub holds_by_kind: HashMap<String, usize>,
 }
 
 impl Verdict {
@@ -51,6 +55,64 @@ const MEMBER_FAULTS: [&str; 5] = [
 const LEADER_FAULTS: [&str; 2] = ["kill_leader", "stop_leader"];
 /// A client that neither acquires nor finds a lock busy for this long is stuck.
 const IDLE_LIMIT_US: u64 = 20_000_000;
+/// The `attempt` details of calls that wait (the others are `try_` calls).
+const WAITING_CALLS: [&str; 6] = ["lock", "campaign", "relock", "read", "write", "acquire"];
+
+/// What a hold is, from its `acquired` event: which holds of its name may be live beside it,
+/// and which earlier tokens its own must exceed (lock-api's `shared.rs` documents the promises).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A mutex or a leadership: alone, its token above every earlier hold's.
+    Exclusive,
+    /// An RW reader: beside other readers, its token above every writer's released before it
+    /// asked.
+    Read,
+    /// An RW writer: alone, its token above every hold's released before it asked.
+    Write,
+    /// A semaphore permit, with the name's limit: beside fewer than `limit` other permits, its
+    /// token above every permit's released before it asked.
+    Permit(u64),
+}
+
+impl Mode {
+    fn of(acquired: &Event) -> Mode {
+        match acquired.detail.as_str() {
+            "read" => Mode::Read,
+            "write" => Mode::Write,
+            "permit" => Mode::Permit(acquired.limit.max(1)),
+            _ => Mode::Exclusive,
+        }
+    }
+
+    /// The mode's name in the report.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "mutex",
+            Mode::Read => "read",
+            Mode::Write => "write",
+            Mode::Permit(_) => "permit",
+        }
+    }
+
+    /// True if a hold of this mode may be live while one of `other` is (permits up to their
+    /// limit: [`overlaps`] counts them).
+    fn shares_with(self, other: Mode) -> bool {
+        matches!(
+            (self, other),
+            (Mode::Read, Mode::Read) | (Mode::Permit(_), Mode::Permit(_))
+        )
+    }
+
+    /// True if a hold of this mode promises a token above that of a hold of `earlier` mode
+    /// released before it asked.
+    fn fenced_after(self, earlier: Mode) -> bool {
+        match self {
+            Mode::Exclusive | Mode::Write => true,
+            Mode::Read => earlier == Mode::Write,
+            Mode::Permit(_) => matches!(earlier, Mode::Permit(_)),
+        }
+    }
+}
 
 /// How a hold ended, as its client logged it.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +136,7 @@ pub enum Ending {
 pub struct Hold {
     pub who: String,
     pub name: String,
+    pub mode: Mode,
     pub lease: String,
     pub token: u64,
     /// When the attempt that took it began (faults from then on can touch it).
@@ -139,6 +202,7 @@ pub fn check(events: &[Event], ttl_us: u64, end_us: u64) -> Verdict {
         losses: holds.iter().filter(|h| h.lost.is_some()).count(),
         cancelled: count_by(events, "cancelled", |e| e.detail.clone()),
         errors: count_by(events, "error", |e| mask_numbers(&e.detail)),
+        holds_by_kind: holds_by_kind(&holds),
     }
 }
 
@@ -236,6 +300,7 @@ pub fn holds(events: &[Event], ttl_us: u64, end_us: u64) -> Vec<Hold> {
                     holds.push(Hold {
                         who: who.to_owned(),
                         name: e.name.clone(),
+                        mode: Mode::of(e),
                         lease: e.lease.clone(),
                         token: e.token,
                         attempt: if attempt == 0 { e.t } else { attempt },
@@ -298,23 +363,69 @@ fn fault_cut(events: &[Event], hold: &Hold, ttl_us: u64) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Two holds of one name whose live intervals overlap: two live owners at once.
+/// Live holds of one name that their modes forbid together: two live owners of a mutex, a
+/// writer beside any other holder of its RW lock, more than `limit` permits of a semaphore.
 fn overlaps(holds: &[Hold]) -> Vec<String> {
     let mut found = Vec::new();
     for (name, list) in holds_by_name(holds) {
-        for (i, earlier) in list.iter().enumerate() {
-            for later in &list[i + 1..] {
-                if later.start >= earlier.end {
-                    break;
+        let mut live: Vec<&Hold> = Vec::new();
+        for later in list {
+            live.retain(|earlier| earlier.end > later.start);
+            if let Mode::Permit(limit) = later.mode {
+                let permits: Vec<&Hold> = live
+                    .iter()
+                    .copied()
+                    .filter(|earlier| matches!(earlier.mode, Mode::Permit(_)))
+                    .collect();
+                if permits.len() as u64 >= limit {
+                    let holders: Vec<String> = permits
+                        .iter()
+                        .map(|h| format!("{} (token {}, until {})", h.who, h.token, h.end))
+                        .collect();
+                    found.push(format!(
+                        "{name} (limit {limit}) held by {} (token {}) from {} beside {}",
+                        later.who,
+                        later.token,
+                        later.start,
+                        holders.join(", ")
+                    ));
                 }
+            }
+            for earlier in live.iter().filter(|e| !later.mode.shares_with(e.mode)) {
                 found.push(format!(
-                    "{name} held by {} (token {}) until {} and by {} (token {}) from {}",
-                    earlier.who, earlier.token, earlier.end, later.who, later.token, later.start
+                    "{name} held by {} ({}token {}) until {} and by {} ({}token {}) from {}",
+                    earlier.who,
+                    mode_label(earlier.mode),
+                    earlier.token,
+                    earlier.end,
+                    later.who,
+                    mode_label(later.mode),
+                    later.token,
+                    later.start
                 ));
             }
+            live.push(later);
         }
     }
     found
+}
+
+/// `read ` or `write ` before the token of an RW hold in a report line; nothing for a mutex.
+fn mode_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Read => "read ",
+        Mode::Write => "write ",
+        Mode::Exclusive | Mode::Permit(_) => "",
+    }
+}
+
+/// Live holds by their mode's kind.
+fn holds_by_kind(holds: &[Hold]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for hold in holds.iter().filter(|h| h.was_live()) {
+        *counts.entry(hold.mode.kind().to_owned()).or_default() += 1;
+    }
+    counts
 }
 
 /// The live holds of each name, by start.
@@ -329,14 +440,24 @@ fn holds_by_name(holds: &[Hold]) -> HashMap<&str, Vec<&Hold>> {
     by_name
 }
 
-/// Fencing tokens must strictly increase across successive holds of a name, also when one
+/// Fencing tokens must strictly increase across successive holds of a mutex, also when one
 /// session takes the same name twice: a repeated or lower token means a hold reused a key
-/// (or its revision) that an earlier hold, or a withdrawn waiter, had.
+/// (or its revision) that an earlier hold, or a withdrawn waiter, had. RW and semaphore holds
+/// must exceed the holds their [`Mode::fenced_after`] names that had ended before they asked
+/// (holds at once may have any order). Each hold is judged against the highest such token.
 fn token_regressions(holds: &[Hold]) -> Vec<String> {
     let mut found = Vec::new();
     for (name, list) in holds_by_name(holds) {
-        for pair in list.windows(2) {
-            let (earlier, later) = (pair[0], pair[1]);
+        for (i, later) in list.iter().enumerate() {
+            let Some(earlier) = list
+                .iter()
+                .enumerate()
+                .filter(|(j, earlier)| must_exceed(later, (*j, earlier), i))
+                .map(|(_, earlier)| earlier)
+                .max_by_key(|earlier| earlier.token)
+            else {
+                continue;
+            };
             if later.token > earlier.token {
                 continue;
             }
@@ -346,11 +467,13 @@ fn token_regressions(holds: &[Hold]) -> Vec<String> {
                 String::new()
             };
             found.push(format!(
-                "{name}: {} got token {} at {} after {} had token {} at {} (ended {:?}){same}",
+                "{name}: {} got {}token {} at {} after {} had {}token {} at {} (ended {:?}){same}",
                 later.who,
+                mode_label(later.mode),
                 later.token,
                 later.start,
                 earlier.who,
+                mode_label(earlier.mode),
                 earlier.token,
                 earlier.start,
                 earlier.ending
@@ -358,6 +481,16 @@ fn token_regressions(holds: &[Hold]) -> Vec<String> {
         }
     }
     found
+}
+
+/// True if the hold at `index` of its name's list (by start) must have a token above the
+/// `earlier` one's (its index and hold): a mutex hold above every hold before it, others above
+/// the holds of a mode they are fenced after that ended before their attempt began.
+fn must_exceed(later: &Hold, (earlier_index, earlier): (usize, &&Hold), index: usize) -> bool {
+    match later.mode {
+        Mode::Exclusive => earlier_index < index,
+        mode => earlier.end <= later.attempt && mode.fenced_after(earlier.mode),
+    }
 }
 
 /// Fenced writes: in etcd's commit order, accepted tokens only grow. Returns the stale ones
@@ -501,8 +634,8 @@ fn recovery(events: &[Event], f: &Event) -> Option<u64> {
         .map(|e| e.t)
 }
 
-/// True if a client other than `except` was in a `lock` call on `name` at `t` (its last
-/// event by then is an attempt at it that waits: `lock`, `campaign` or `relock`).
+/// True if a client other than `except` was in a waiting call on `name` at `t` (its last
+/// event by then is an attempt at it that waits: one of [`WAITING_CALLS`]).
 fn waiting_at(events: &[Event], name: &str, except: &str, t: u64) -> bool {
     let mut last: HashMap<&str, &Event> = HashMap::new();
     for e in events.iter().take_while(|e| e.t <= t) {
@@ -511,18 +644,16 @@ fn waiting_at(events: &[Event], name: &str, except: &str, t: u64) -> bool {
         }
     }
     last.values().any(|e| {
-        e.event == "attempt"
-            && e.name == name
-            && matches!(e.detail.as_str(), "lock" | "campaign" | "relock")
+        e.event == "attempt" && e.name == name && WAITING_CALLS.contains(&e.detail.as_str())
     })
 }
 
-/// A `lock` that waited longer than the client's patience (15 s, many TTLs and fault
+/// A waiting call that waited longer than the client's patience (15 s, many TTLs and fault
 /// recoveries): the name was blocked.
 fn long_waits(events: &[Event]) -> Vec<String> {
     events
         .iter()
-        .filter(|e| e.event == "error" && e.detail.starts_with("lock took over"))
+        .filter(|e| e.event == "error" && e.detail.contains(" took over "))
         .map(|e| {
             format!(
                 "{} waited for {} until {}: {}",
@@ -651,4 +782,19 @@ fn previous_pending_release(holds: &[Hold], index: usize) -> Option<&Hold> {
         .rev()
         .find(|h| h.lease == hold.lease && h.name == hold.name)?;
     matches!(previous.ending, Ending::Cancelled(_) | Ending::Failed(_)).then_some(previous)
+}
+
+/// What kind of key an etcd key left under the namespace is (the part after the namespace):
+/// a semaphore permit, an RW reader or writer, or a mutex or election key.
+pub fn key_family(key: &str) -> &'static str {
+    let mut parts = key.split('/');
+    let first = parts.next().unwrap_or_default();
+    if first == "\u{1f}semaphore" {
+        return "semaphore";
+    }
+    match (parts.next(), parts.next()) {
+        (Some("read"), Some(_)) => "rw read",
+        (Some("write"), Some(_)) => "rw write",
+        _ => "lock",
+    }
 }

@@ -1,6 +1,7 @@
-//! One chaos client process: lock a random name (waiting, or trying, sometimes under a short
-//! timeout that cancels the call), write fenced, hold a moment, unlock (sometimes under a short
-//! timeout too); after a cancelled or failed call, lock the same name again from the same
+//! One chaos client process: take a random name (a mutex or a leadership, a side of an RW
+//! lock, or a semaphore permit; waiting, or trying, sometimes under a short timeout that
+//! cancels the call), write fenced (mutex holders), hold a moment, unlock (sometimes under a
+//! short timeout too); after a cancelled or failed call, take the same name again from the same
 //! session.
 
 use std::future::Future;
@@ -8,14 +9,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use locksmith::etcd_client::{Compare, CompareOp, TxnOp};
-use locksmith::{DistributedLock, EtcdConfig, EtcdLock, LeaderElection, LockError, LockGuard};
+use locksmith::{
+    DistributedLock, DistributedRwLock, DistributedSemaphore, EtcdConfig, EtcdLock, LeaderElection,
+    LockError, LockGuard,
+};
 use rand::Rng;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::log::{now_us, Event, Log};
 
 pub const NAMESPACE: &str = "chaos/locks/";
+/// The mutex (and election) names.
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
+/// The reader-writer lock names.
+pub const RW_NAMES: [&str; 2] = ["rw1", "rw2"];
+/// The semaphore names, each with its limit.
+pub const SEMAPHORES: [(&str, u32); 2] = [("s2", 2), ("s3", 3)];
 /// The etcd user and password of auth mode (`--auth`).
 pub const USER: &str = "chaos";
 pub const PASSWORD: &str = "chaos-password";
@@ -30,6 +39,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// The key holding the last accepted fencing token of `name`.
 pub fn fence_key(name: &str) -> String {
     format!("chaos/fence/{name}")
+}
+
+/// Where the keys of the name `name` of any primitive live (see `backend-etcd`'s `rwlock.rs`
+/// and `semaphore.rs`); the oldest key under it by create revision is a holder's.
+pub fn key_prefix(name: &str) -> String {
+    if SEMAPHORES.iter().any(|(semaphore, _)| *semaphore == name) {
+        // The semaphore names have no `%` or `/` to escape.
+        format!("{NAMESPACE}\u{1f}semaphore/{name}/")
+    } else {
+        format!("{NAMESPACE}{name}/")
+    }
+}
+
+/// Every name of every primitive.
+pub fn all_names() -> impl Iterator<Item = &'static str> {
+    let semaphores = SEMAPHORES.iter().map(|(name, _)| *name);
+    NAMES.into_iter().chain(RW_NAMES).chain(semaphores)
 }
 
 /// Tokens as fixed-width decimal, so etcd's byte comparison orders them as numbers.
@@ -132,55 +158,106 @@ fn cancel_after() -> Duration {
     Duration::from_millis(ms)
 }
 
-/// How a round takes its lock.
-#[derive(Clone, Copy)]
-enum Acquire {
-    /// `lock`, waiting up to [`LOCK_PATIENCE`].
-    Lock,
-    /// `lock` under a short timeout.
-    LockCancelled,
-    /// `try_lock`.
-    TryLock,
-    /// `try_lock` under a short timeout.
-    TryLockCancelled,
-    /// `campaign` with the session's proposal, the leadership then held as a guard.
-    Campaign,
-    /// `campaign` under a short timeout.
-    CampaignCancelled,
-    /// `lock` of the name whose last call was cancelled or failed, from the same session.
-    Relock,
+/// What a round takes: a mutex (or a leadership) of [`NAMES`], a side of an RW lock of
+/// [`RW_NAMES`], or a permit of a semaphore of [`SEMAPHORES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Primitive {
+    Mutex,
+    Read,
+    Write,
+    /// A permit, with the name's limit.
+    Permit(u32),
 }
 
-impl Acquire {
-    fn random() -> Acquire {
-        match rand::thread_rng().gen_range(0..24) {
-            0..=9 => Acquire::Lock,
-            10..=12 => Acquire::LockCancelled,
-            13..=16 => Acquire::TryLock,
-            17..=19 => Acquire::TryLockCancelled,
-            20..=21 => Acquire::Campaign,
-            _ => Acquire::CampaignCancelled,
+impl Primitive {
+    /// A random primitive and one of its names: half of the rounds take a mutex.
+    fn random() -> (Primitive, &'static str) {
+        let mut rng = rand::thread_rng();
+        match rng.gen_range(0..4) {
+            0 | 1 => (Primitive::Mutex, NAMES[rng.gen_range(0..NAMES.len())]),
+            2 => {
+                let side = if rng.gen_bool(0.5) {
+                    Primitive::Read
+                } else {
+                    Primitive::Write
+                };
+                (side, RW_NAMES[rng.gen_range(0..RW_NAMES.len())])
+            }
+            _ => {
+                let (name, limit) = SEMAPHORES[rng.gen_range(0..SEMAPHORES.len())];
+                (Primitive::Permit(limit), name)
+            }
         }
     }
 
-    /// The operation as the log names it; a campaign waits like a `lock` (the checker counts
-    /// both as waiting attempts).
-    fn operation(self) -> &'static str {
+    /// The `acquired` event's detail: what kind of hold it is.
+    fn hold_kind(self) -> &'static str {
         match self {
-            Acquire::Lock | Acquire::LockCancelled => "lock",
-            Acquire::TryLock | Acquire::TryLockCancelled => "try_lock",
-            Acquire::Campaign | Acquire::CampaignCancelled => "campaign",
-            Acquire::Relock => "relock",
+            Primitive::Mutex => "",
+            Primitive::Read => "read",
+            Primitive::Write => "write",
+            Primitive::Permit(_) => "permit",
+        }
+    }
+}
+
+/// Which call a round makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// The waiting call (`lock`, `read`, `write`, `acquire`), up to [`LOCK_PATIENCE`].
+    Wait,
+    /// The `try_` call.
+    Try,
+    /// `campaign` with the session's proposal (mutex names only), the leadership then held as
+    /// a guard.
+    Campaign,
+    /// The waiting call again, on the name whose last call was cancelled or failed, from the
+    /// same session (`lock` after a campaign).
+    Again,
+}
+
+/// How a round takes its hold: a call, maybe under a short timeout that cancels it.
+#[derive(Clone, Copy)]
+struct Acquire {
+    call: Call,
+    cancel: bool,
+}
+
+impl Acquire {
+    fn random(primitive: Primitive) -> Acquire {
+        let (call, cancel) = match rand::thread_rng().gen_range(0..24) {
+            0..=9 => (Call::Wait, false),
+            10..=12 => (Call::Wait, true),
+            13..=16 => (Call::Try, false),
+            17..=19 => (Call::Try, true),
+            // Campaigns are a mutex name's; other primitives wait instead.
+            20..=21 if primitive == Primitive::Mutex => (Call::Campaign, false),
+            _ if primitive == Primitive::Mutex => (Call::Campaign, true),
+            20..=21 => (Call::Wait, false),
+            _ => (Call::Wait, true),
+        };
+        Acquire { call, cancel }
+    }
+
+    /// The call as the log names it; the checker counts `lock`, `campaign`, `read`, `write`,
+    /// `acquire` and `relock` as waiting attempts.
+    fn operation(self, primitive: Primitive) -> &'static str {
+        match (self.call, primitive) {
+            (Call::Again, _) => "relock",
+            (Call::Campaign, _) => "campaign",
+            (Call::Wait, Primitive::Mutex) => "lock",
+            (Call::Try, Primitive::Mutex) => "try_lock",
+            (Call::Wait, Primitive::Read) => "read",
+            (Call::Try, Primitive::Read) => "try_read",
+            (Call::Wait, Primitive::Write) => "write",
+            (Call::Try, Primitive::Write) => "try_write",
+            (Call::Wait, Primitive::Permit(_)) => "acquire",
+            (Call::Try, Primitive::Permit(_)) => "try_acquire",
         }
     }
 
     fn timeout(self) -> Option<Duration> {
-        match self {
-            Acquire::LockCancelled | Acquire::TryLockCancelled | Acquire::CampaignCancelled => {
-                Some(cancel_after())
-            }
-            Acquire::Lock | Acquire::TryLock | Acquire::Campaign | Acquire::Relock => None,
-        }
+        self.cancel.then(cancel_after)
     }
 }
 
@@ -234,16 +311,19 @@ enum Released {
 struct Round<'a> {
     session: &'a EtcdLock,
     log: &'a mut Log,
+    primitive: Primitive,
     name: &'static str,
     lease: String,
 }
 
 impl<'a> Round<'a> {
     fn new(session: &'a EtcdLock, log: &'a mut Log) -> Round<'a> {
+        let (primitive, name) = Primitive::random();
         Round {
             session,
             log,
-            name: NAMES[rand::thread_rng().gen_range(0..NAMES.len())],
+            primitive,
+            name,
             lease: format!("{:x}", session.lease_id()),
         }
     }
@@ -258,22 +338,30 @@ impl<'a> Round<'a> {
     }
 
     async fn run(mut self) -> Result<(), LockError> {
-        let mut how = Acquire::random();
+        let mut how = Acquire::random(self.primitive);
+        let again = Acquire {
+            call: Call::Again,
+            cancel: false,
+        };
         loop {
             let guard = match self.acquire(how).await? {
                 Taken::Guard(guard) => guard,
                 // A cancelled call: take the same name again from the same session.
                 Taken::Cancelled => {
-                    how = Acquire::Relock;
+                    how = again;
                     continue;
                 }
                 Taken::Nothing => return Ok(()),
             };
             let token = guard.fencing_token().get();
-            self.write_fenced(token).await;
+            // Mutex holders write fenced; readers and permits hold together, so their tokens
+            // have no order to fence with.
+            if self.primitive == Primitive::Mutex {
+                self.write_fenced(token).await;
+            }
             match self.hold_and_release(guard, token).await {
                 Released::Done => return Ok(()),
-                Released::Pending => how = Acquire::Relock,
+                Released::Pending => how = again,
             }
         }
     }
@@ -281,37 +369,14 @@ impl<'a> Round<'a> {
     /// Takes the lock, or says why not.
     async fn acquire(&mut self, how: Acquire) -> Result<Taken, LockError> {
         let timeout = how.timeout();
+        let operation = how.operation(self.primitive);
         self.log.write(Event {
-            detail: how.operation().into(),
+            detail: operation.into(),
             timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
             ..self.event("attempt")
         });
         let limit = timeout.unwrap_or(LOCK_PATIENCE);
-        let outcome = match how {
-            Acquire::TryLock | Acquire::TryLockCancelled => {
-                tokio::time::timeout(limit, self.session.try_lock(self.name)).await
-            }
-            Acquire::Lock | Acquire::LockCancelled | Acquire::Relock => {
-                tokio::time::timeout(limit, async {
-                    self.session.lock(self.name).await.map(Some)
-                })
-                .await
-            }
-            // The same proposal on every campaign of the session: a key of an earlier attempt
-            // that lands late carries it too, which is the case a campaign must get right.
-            Acquire::Campaign | Acquire::CampaignCancelled => {
-                let proposal = format!("chaos-{}", self.lease);
-                tokio::time::timeout(limit, async {
-                    let leading = self
-                        .session
-                        .campaign(self.name, proposal.as_bytes())
-                        .await?;
-                    Ok(Some(leading.into_guard()))
-                })
-                .await
-            }
-        };
-        let guard = match outcome {
+        let guard = match tokio::time::timeout(limit, self.call(how.call)).await {
             Ok(Ok(Some(guard))) => guard,
             Ok(Ok(None)) => {
                 self.log.write(self.event("busy"));
@@ -322,11 +387,6 @@ impl<'a> Round<'a> {
                 return Err(err);
             }
             Err(_) if timeout.is_some() => {
-                let operation = match how {
-                    Acquire::TryLockCancelled => "try_lock",
-                    Acquire::CampaignCancelled => "campaign",
-                    _ => "lock",
-                };
                 self.log.write(Event {
                     detail: operation.into(),
                     ..self.event("cancelled")
@@ -335,17 +395,47 @@ impl<'a> Round<'a> {
             }
             Err(_) => {
                 self.log.write(Event {
-                    detail: format!("lock took over {} s", LOCK_PATIENCE.as_secs()),
+                    detail: format!("{operation} took over {} s", LOCK_PATIENCE.as_secs()),
                     ..self.event("error")
                 });
                 return Ok(Taken::Nothing);
             }
         };
+        let limit = match self.primitive {
+            Primitive::Permit(limit) => u64::from(limit),
+            _ => 0,
+        };
         self.log.write(Event {
             token: guard.fencing_token().get(),
+            detail: self.primitive.hold_kind().into(),
+            limit,
             ..self.event("acquired")
         });
         Ok(Taken::Guard(guard))
+    }
+
+    /// Makes `call` on the round's primitive: `None` when a `try_` call finds it taken.
+    async fn call(&self, call: Call) -> Result<Option<LockGuard>, LockError> {
+        let (session, name) = (self.session, self.name);
+        match (call, self.primitive) {
+            // The same proposal on every campaign of the session: a key of an earlier attempt
+            // that lands late carries it too, which is the case a campaign must get right.
+            (Call::Campaign, _) => {
+                let proposal = format!("chaos-{}", self.lease);
+                let leading = session.campaign(name, proposal.as_bytes()).await?;
+                Ok(Some(leading.into_guard()))
+            }
+            (Call::Wait | Call::Again, Primitive::Mutex) => session.lock(name).await.map(Some),
+            (Call::Try, Primitive::Mutex) => session.try_lock(name).await,
+            (Call::Wait | Call::Again, Primitive::Read) => session.read(name).await.map(Some),
+            (Call::Try, Primitive::Read) => session.try_read(name).await,
+            (Call::Wait | Call::Again, Primitive::Write) => session.write(name).await.map(Some),
+            (Call::Try, Primitive::Write) => session.try_write(name).await,
+            (Call::Wait | Call::Again, Primitive::Permit(limit)) => {
+                session.acquire(name, limit).await.map(Some)
+            }
+            (Call::Try, Primitive::Permit(limit)) => session.try_acquire(name, limit).await,
+        }
     }
 
     /// The fenced write (accepted only if our token is above the last accepted one), then the

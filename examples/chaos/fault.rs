@@ -93,7 +93,8 @@ pub enum Fault {
     PauseClient,
     /// SIGKILL a client process and start a new one.
     KillClient,
-    /// Delete the key of a name's current holder behind its back.
+    /// Delete the key of a name's current holder (of a mutex, an RW lock or a semaphore)
+    /// behind its back.
     DeleteHolderKey,
     /// Compact etcd's history up to now (watches from older revisions must recover).
     Compact,
@@ -241,7 +242,8 @@ async fn delete_holder_key(chaos: &mut Chaos) {
     let Some(mut etcd) = chaos.etcd().await else {
         return;
     };
-    let name = client::NAMES[rand::thread_rng().gen_range(0..client::NAMES.len())];
+    let names: Vec<&str> = client::all_names().collect();
+    let name = names[rand::thread_rng().gen_range(0..names.len())];
     let Some((key, lease)) = holder_key(&mut etcd, name).await else {
         return;
     };
@@ -275,13 +277,14 @@ async fn compact(chaos: &mut Chaos) {
     }
 }
 
-/// The current holder's key of `name` and its lease in hex.
+/// The key of a current holder of `name` (the oldest key, which holds for every primitive) and
+/// its lease in hex.
 async fn holder_key(etcd: &mut Client, name: &str) -> Option<(Vec<u8>, String)> {
     let options = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1);
-    let prefix = format!("{}{name}/", client::NAMESPACE);
+    let prefix = client::key_prefix(name);
     let reply = tokio::time::timeout(REQUEST_TIMEOUT, etcd.get(prefix, Some(options)))
         .await
         .ok()?

@@ -14,9 +14,12 @@ pub struct Event {
     pub t: u64,
     /// Who: a client id (`c3`) or `chaos` for the orchestrator.
     pub who: String,
-    /// What: `session` (a new lease), `attempt` (detail: `lock`, `try_lock` or `relock`),
-    /// `acquired`, `busy` (try_lock found it taken), `cancelled` (detail: the operation whose
-    /// future was dropped: `lock`, `try_lock` or `unlock`), `write`, `plain_write`,
+    /// What: `session` (a new lease), `attempt` (detail: the call, `lock`, `try_lock`,
+    /// `campaign`, `read`, `try_read`, `write`, `try_write`, `acquire`, `try_acquire`, or
+    /// `relock` for the waiting call again after a cancelled one), `acquired` (detail: empty for
+    /// a mutex or leadership, `read`, `write` or `permit`), `busy` (a `try_` call found it
+    /// taken), `cancelled` (detail: the call whose future was dropped, or `unlock`), `write`,
+    /// `plain_write`,
     /// `releasing` (detail: `unlock`, `unlock_timeout` or `drop`), `released`, `unlock_failed`,
     /// `lost`, `error`, and `fault` from the orchestrator.
     pub event: String,
@@ -45,6 +48,9 @@ pub struct Event {
     /// loss (-1: the lease is gone); absent when etcd did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ttl: Option<i64>,
+    /// For permits (`acquired` with detail `permit`): the semaphore's limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limit: u64,
 }
 
 fn is_zero(value: &u64) -> bool {

@@ -1,5 +1,6 @@
 //! `make chaos`: lock clients in separate processes against a 3-member etcd cluster on
-//! loopback, under random faults, with a checked history.
+//! loopback, under random faults, with a checked history. Clients take mutexes, leaderships,
+//! RW locks and semaphore permits.
 //!
 //! ```text
 //! cargo run --release --example chaos -- --secs 300          # CHAOS_SECS in `make chaos`
@@ -119,10 +120,15 @@ async fn orchestrate(args: &Args) -> Result<bool, Error> {
     // Killed clients' leases run out within their TTL.
     tokio::time::sleep(chaos.ttl + Duration::from_secs(1)).await;
     let orphans = orphaned_keys(&chaos).await?;
+    let orphans_by_family = count_keys_by_family(&orphans);
+    let orphans = orphans.len();
     let panics = count_panics(&dir)?;
     let events = log::read_all(&dir)?;
     let verdict = checker::check(&events, args.ttl * 1_000_000, end_us);
     drop(chaos);
+    if orphans > 0 {
+        println!("orphaned keys by family: {:?}", sorted(&orphans_by_family));
+    }
     report(&verdict, orphans, panics);
     Ok(verdict.clean() && panics == 0 && orphans == 0)
 }
@@ -164,18 +170,31 @@ async fn start(args: &Args, dir: &Path) -> Result<Chaos, Error> {
     })
 }
 
-/// Keys left under the lock namespace once every client has stopped.
-async fn orphaned_keys(chaos: &Chaos) -> Result<usize, Error> {
+/// Keys left under the lock namespace once every client has stopped (mutex, election, RW and
+/// semaphore keys alike), without the namespace.
+async fn orphaned_keys(chaos: &Chaos) -> Result<Vec<String>, Error> {
     let mut etcd = chaos
         .etcd()
         .await
         .ok_or("etcd did not answer after the run")?;
     let options = GetOptions::new().with_prefix().with_keys_only();
-    Ok(etcd
-        .get(client::NAMESPACE, Some(options))
-        .await?
+    let reply = etcd.get(client::NAMESPACE, Some(options)).await?;
+    Ok(reply
         .kvs()
-        .len())
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()))
+        .map(|key| key.trim_start_matches(client::NAMESPACE).to_owned())
+        .collect())
+}
+
+fn count_keys_by_family(keys: &[String]) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for key in keys {
+        *counts
+            .entry(checker::key_family(key).to_owned())
+            .or_default() += 1;
+    }
+    counts
 }
 
 /// At most this many examples of each failure are printed.
@@ -184,6 +203,7 @@ const EXAMPLES: usize = 10;
 fn report(verdict: &Verdict, orphans: usize, panics: usize) {
     let faults: usize = verdict.faults.values().sum();
     println!("faults by kind: {:?}", sorted(&verdict.faults));
+    println!("holds by kind: {:?}", sorted(&verdict.holds_by_kind));
     println!("cancelled calls: {:?}", sorted(&verdict.cancelled));
     println!(
         "fenced writes rejected: {}; unfenced writes after the writer's hold ended (paused holders): {}; orphaned keys: {orphans}; holds reported lost: {} ({} unexplained)",

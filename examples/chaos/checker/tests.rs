@@ -286,3 +286,213 @@ fn a_loss_reported_by_a_hanging_unlock_counts() {
     assert!(verdict.holds_lost[0].contains("reported by an unlock that began 3500 ms earlier"));
     assert!(verdict.overlaps.is_empty());
 }
+
+/// An `acquired` event of an RW side (`read`, `write`) or of a permit of `limit` (`permit`).
+fn acquired(t: u64, who: &str, name: &str, kind: &str, token: u64) -> Event {
+    let limit = match name {
+        "s2" => 2,
+        "s3" => 3,
+        _ => 0,
+    };
+    Event {
+        detail: kind.into(),
+        limit,
+        ..event(t, who, "acquired", name, token)
+    }
+}
+
+fn releasing(t: u64, who: &str, name: &str, token: u64) -> Event {
+    Event {
+        detail: "unlock".into(),
+        ..event(t, who, "releasing", name, token)
+    }
+}
+
+#[test]
+fn readers_share_but_a_writer_beside_a_reader_is_caught() {
+    let events = vec![
+        acquired(10, "c1", "rw1", "read", 5),
+        acquired(12, "c2", "rw1", "read", 6),
+        acquired(14, "c3", "rw1", "write", 7),
+        releasing(20, "c1", "rw1", 5),
+        releasing(21, "c2", "rw1", 6),
+        releasing(22, "c3", "rw1", 7),
+        // A writer after both readers, then a reader after it: no overlap.
+        acquired(30, "c1", "rw1", "write", 8),
+        releasing(40, "c1", "rw1", 8),
+        acquired(41, "c2", "rw1", "read", 9),
+        releasing(50, "c2", "rw1", 9),
+    ];
+    let verdict = check(&events, TTL, 100);
+    assert_eq!(verdict.ops, 5);
+    assert_eq!(verdict.overlaps.len(), 2, "{:?}", verdict.overlaps);
+    assert!(verdict.overlaps[0].contains("(read token 5)"));
+    assert!(verdict.overlaps[0].contains("(write token 7)"));
+    assert!(verdict.token_regressions.is_empty());
+    assert_eq!(verdict.holds_by_kind["read"], 3);
+}
+
+#[test]
+fn a_reader_beside_a_writer_is_caught_unless_the_writer_was_lost() {
+    let delete = Event {
+        name: "rw1".into(),
+        lease: "lc1".into(),
+        ..fault(15, "delete_holder_key", "")
+    };
+    let events = vec![
+        acquired(10, "c1", "rw1", "write", 5),
+        acquired(12, "c2", "rw1", "read", 6),
+        releasing(14, "c2", "rw1", 6),
+        delete,
+        Event {
+            name: "rw1".into(),
+            ..lost(16, "c1", 5, 2)
+        },
+        // The writer's loss signal fired: a reader after it is no overlap.
+        acquired(17, "c3", "rw1", "read", 7),
+        releasing(20, "c3", "rw1", 7),
+        releasing(21, "c1", "rw1", 5),
+    ];
+    let verdict = check(&events, TTL, 100);
+    assert_eq!(verdict.overlaps.len(), 1, "{:?}", verdict.overlaps);
+    assert!(verdict.overlaps[0].contains("by c2 (read token 6) from 12"));
+    assert!(verdict.holds_lost.is_empty(), "{:?}", verdict.holds_lost);
+}
+
+#[test]
+fn permits_up_to_the_limit_pass_and_one_more_is_caught() {
+    let events = vec![
+        acquired(10, "c1", "s2", "permit", 5),
+        acquired(11, "c2", "s2", "permit", 6),
+        releasing(12, "c1", "s2", 5),
+        acquired(13, "c3", "s2", "permit", 7),
+        // c2 and c3 hold: a third is one too many.
+        acquired(14, "c4", "s2", "permit", 8),
+        releasing(20, "c2", "s2", 6),
+        releasing(21, "c3", "s2", 7),
+        releasing(22, "c4", "s2", 8),
+        // Three at once on the name of limit 3 is fine.
+        acquired(30, "c1", "s3", "permit", 9),
+        acquired(31, "c2", "s3", "permit", 10),
+        acquired(32, "c3", "s3", "permit", 11),
+        releasing(40, "c1", "s3", 9),
+        releasing(41, "c2", "s3", 10),
+        releasing(42, "c3", "s3", 11),
+    ];
+    let verdict = check(&events, TTL, 100);
+    assert_eq!(verdict.overlaps.len(), 1, "{:?}", verdict.overlaps);
+    assert!(verdict.overlaps[0].starts_with("s2 (limit 2) held by c4 (token 8) from 14 beside"));
+    assert!(verdict.token_regressions.is_empty());
+}
+
+#[test]
+fn a_writer_token_below_a_reader_released_before_it_asked_is_caught() {
+    let events = vec![
+        // Readers at once may have any order.
+        acquired(10, "c1", "rw1", "read", 9),
+        acquired(11, "c2", "rw1", "read", 6),
+        releasing(20, "c1", "rw1", 9),
+        releasing(21, "c2", "rw1", 6),
+        // A writer that asked after both were released must be above both.
+        attempt(25, "c3", "rw1", "write"),
+        acquired(26, "c3", "rw1", "write", 8),
+        releasing(30, "c3", "rw1", 8),
+        // A reader that asked after that writer was released must be above it.
+        attempt(35, "c1", "rw1", "read"),
+        acquired(36, "c1", "rw1", "read", 7),
+        releasing(40, "c1", "rw1", 7),
+    ];
+    let verdict = check(&events, TTL, 100);
+    assert!(verdict.overlaps.is_empty(), "{:?}", verdict.overlaps);
+    assert_eq!(verdict.token_regressions.len(), 2, "{verdict:?}");
+    assert!(verdict.token_regressions[0]
+        .contains("c3 got write token 8 at 26 after c1 had read token 9"));
+    assert!(verdict.token_regressions[1]
+        .contains("c1 got read token 7 at 36 after c3 had write token 8"));
+}
+
+#[test]
+fn a_writer_that_asked_before_a_reader_was_released_may_be_below_it() {
+    let events = vec![
+        attempt(5, "c2", "rw1", "write"),
+        acquired(10, "c1", "rw1", "read", 9),
+        releasing(20, "c1", "rw1", 9),
+        acquired(26, "c2", "rw1", "write", 8),
+        releasing(30, "c2", "rw1", 8),
+    ];
+    let verdict = check(&events, TTL, 100);
+    assert!(verdict.clean(), "{verdict:?}");
+}
+
+#[test]
+fn a_permit_token_below_a_permit_released_before_it_asked_is_caught() {
+    let events = vec![
+        acquired(10, "c1", "s2", "permit", 9),
+        acquired(11, "c2", "s2", "permit", 6),
+        // Asked while c1 still held: any order.
+        attempt(15, "c3", "s2", "acquire"),
+        releasing(20, "c1", "s2", 9),
+        acquired(21, "c3", "s2", "permit", 7),
+        releasing(22, "c3", "s2", 7),
+        releasing(23, "c2", "s2", 6),
+        // Asked after c1's release: must be above 9.
+        attempt(30, "c4", "s2", "try_acquire"),
+        acquired(31, "c4", "s2", "permit", 8),
+        releasing(32, "c4", "s2", 8),
+    ];
+    let verdict = check(&events, TTL, 100);
+    assert!(verdict.overlaps.is_empty(), "{:?}", verdict.overlaps);
+    assert_eq!(verdict.token_regressions.len(), 1, "{verdict:?}");
+    assert!(
+        verdict.token_regressions[0].starts_with("s2: c4 got token 8 at 31 after c1 had token 9")
+    );
+}
+
+#[test]
+fn a_killed_reader_whose_waiting_writer_never_gets_it_is_stuck() {
+    let events = vec![
+        acquired(10, "c1", "rw1", "read", 5),
+        attempt(15, "c2", "rw1", "write"),
+        fault(20, "kill_client", "c1"),
+        // A try_read is no waiter: a cancelled one with nobody waiting is not stuck.
+        attempt(30, "c3", "rw2", "try_read"),
+        Event {
+            detail: "try_read".into(),
+            ..event(31, "c3", "cancelled", "rw2", 0)
+        },
+    ];
+    let verdict = check(&events, TTL, 10_000_000);
+    assert_eq!(verdict.stuck.len(), 1, "{:?}", verdict.stuck);
+    assert!(verdict.stuck[0].starts_with("after kill: c1 killed holding rw1"));
+}
+
+#[test]
+fn a_cancelled_acquire_that_leaves_waiters_blocked_is_stuck() {
+    let events = vec![
+        acquired(10, "c1", "s2", "permit", 5),
+        acquired(11, "c2", "s2", "permit", 6),
+        attempt(12, "c3", "s2", "acquire"),
+        attempt(13, "c4", "s2", "acquire"),
+        Event {
+            detail: "acquire".into(),
+            ..event(14, "c4", "cancelled", "s2", 0)
+        },
+        releasing(20, "c1", "s2", 5),
+        Event {
+            detail: "acquire took over 15 s".into(),
+            ..event(15_000_012, "c3", "error", "s2", 0)
+        },
+    ];
+    let verdict = check(&events, TTL, 20_000_000);
+    assert_eq!(verdict.stuck.len(), 2, "{:?}", verdict.stuck);
+    assert!(verdict.stuck[0].starts_with("long wait: c3 waited for s2"));
+    assert!(verdict.stuck[1].starts_with("after cancel: c4 cancelled acquire of s2"));
+}
+
+#[test]
+fn orphaned_keys_are_named_by_family() {
+    assert_eq!(key_family("a/694d9a1b2c3d"), "lock");
+    assert_eq!(key_family("rw1/read/694d9a1b2c3d-1"), "rw read");
+    assert_eq!(key_family("rw1/write/694d9a1b2c3d-2"), "rw write");
+    assert_eq!(key_family("\u{1f}semaphore/s2/694d9a1b2c3d-3"), "semaphore");
+}
