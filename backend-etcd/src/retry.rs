@@ -121,7 +121,8 @@ pub(crate) fn attempt_timeout(ttl: Duration) -> Duration {
 }
 
 /// The outcome of one attempt, bounded by [`attempt_timeout`]: the call's own result, or
-/// `None` when it took too long.
+/// `None` when it took too long. An attempt given up while its member stayed silent makes the
+/// transport send the next one (the retry) to another member, if there is one.
 pub(crate) async fn attempt<T, Fut>(link: &Link, call: Fut) -> Option<Result<T, etcd_client::Error>>
 where
     Fut: Future<Output = Result<T, etcd_client::Error>>,

@@ -77,9 +77,10 @@ impl Session {
                 .map_err(|err| from_etcd(err, &endpoints, "connect"))?;
             // With several endpoints a member that refuses or does not answer is passed over:
             // the grant is tried again (within the connect timeout), and the transport sends
-            // it elsewhere once that member counts as failed or stalled.
+            // the next attempt elsewhere (a refusing member counts as failed, one that let an
+            // attempt time out in silence as suspect).
             let several = urls.len() > 1;
-            // A member that stays silent this long counts as stalled to the transport.
+            // Short attempts: a silent first member costs at most one of them.
             let per_attempt = if several {
                 crate::retry::attempt_timeout(ttl).min(Duration::from_secs(1))
             } else {

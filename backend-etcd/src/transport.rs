@@ -14,13 +14,14 @@
 //! the [`Endpoint`] etcd-client configured (TLS, HTTP/2 keep-alive, connect and request
 //! timeouts), and [`Members`] spreads calls over the endpoints, preferring one whose
 //! connection is up, as tonic's balanced channel prefers ready connections, and avoiding one
-//! whose calls have gone unanswered for [`STALL_AFTER`] (a stopped or black-holed member keeps
-//! its TCP connection open, so "connected" alone would keep choosing it).
+//! whose calls have gone unanswered for [`STALL_AFTER`] or that left a call unanswered until
+//! it was given up (a stopped or black-holed member keeps its TCP connection open, so
+//! "connected" alone would keep choosing it; a retry after a timed-out attempt goes elsewhere).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -86,11 +87,15 @@ enum Link {
     Idle = 1,
     /// A connection attempt is under way.
     Connecting = 2,
+    /// Connected, but a call was given up (its attempt timed out, or it failed at the
+    /// transport) without a byte from the server while it waited: the next calls, a retry of
+    /// that one among them, go to any other member that is up, idle or connecting first.
+    Suspect = 3,
     /// The last connection attempt failed.
-    Failed = 3,
+    Failed = 4,
     /// Connected, but calls have waited longer than [`STALL_AFTER`] without a byte from the
     /// server (a stopped member, a black-holed connection): calls go anywhere else first.
-    Stalled = 4,
+    Stalled = 5,
 }
 
 /// How long a connection may leave its calls without a byte in return before it counts as
@@ -121,6 +126,12 @@ struct LinkState {
     /// none waits. A call given up after waiting longer than [`STALL_AFTER`] leaves it set
     /// until the server is heard from (or the connection is replaced).
     waiting_since: AtomicU64,
+    /// How many times the server has been heard from: a call compares it at its start and
+    /// end to tell whether the server said anything while it waited.
+    heard: AtomicU64,
+    /// A call was given up without a byte from the server while it waited, and the server
+    /// has not been heard from since (see [`Link::Suspect`]).
+    suspect: AtomicBool,
 }
 
 impl LinkState {
@@ -128,13 +139,15 @@ impl LinkState {
         if self.open.load(Ordering::Relaxed) > 0 {
             return if self.stalled() {
                 Link::Stalled
+            } else if self.suspect.load(Ordering::Relaxed) {
+                Link::Suspect
             } else {
                 Link::Up
             };
         }
         match self.attempt.load(Ordering::Relaxed) {
-            2 => Link::Connecting,
-            3 => Link::Failed,
+            state if state == Link::Connecting as u8 => Link::Connecting,
+            state if state == Link::Failed as u8 => Link::Failed,
             _ => Link::Idle,
         }
     }
@@ -146,6 +159,7 @@ impl LinkState {
     fn stream_opened(&self) {
         self.attempt(Link::Idle);
         self.waiting_since.store(0, Ordering::Relaxed);
+        self.suspect.store(false, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -159,16 +173,22 @@ impl LinkState {
         since != 0 && now_ms().saturating_sub(since) > STALL_AFTER.as_millis() as u64
     }
 
-    fn call_started(&self) {
+    /// A call starts waiting; returns how often the server had been heard from by then.
+    fn call_started(&self) -> u64 {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let _ =
             self.waiting_since
                 .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        self.heard.load(Ordering::Relaxed)
     }
 
     /// A call was answered, or given up (`answered` false): the last one out clears the
-    /// wait, unless it was given up after the connection had already stalled.
-    fn call_ended(&self, answered: bool) {
+    /// wait, unless it was given up after the connection had already stalled. A call given up
+    /// while the server stayed silent (`heard_at_start` unchanged) makes the link suspect.
+    fn call_ended(&self, answered: bool, heard_at_start: u64) {
+        if !answered && self.heard.load(Ordering::Relaxed) == heard_at_start {
+            self.suspect.store(true, Ordering::Relaxed);
+        }
         let left = self.calls.fetch_sub(1, Ordering::Relaxed) - 1;
         if left == 0 && (answered || !self.stalled()) {
             self.waiting_since.store(0, Ordering::Relaxed);
@@ -178,6 +198,8 @@ impl LinkState {
     /// The server sent something: waiting calls start their wait again, and a stall left by
     /// given-up calls is over.
     fn heard(&self) {
+        self.heard.fetch_add(1, Ordering::Relaxed);
+        self.suspect.store(false, Ordering::Relaxed);
         let now = now_ms();
         let _ = self
             .waiting_since
@@ -193,25 +215,29 @@ impl LinkState {
     }
 }
 
-/// Counts one call on its endpoint until the call is answered or dropped.
+/// Counts one call on its endpoint until the call is answered, fails or is dropped.
 struct CallInFlight {
     link: Arc<LinkState>,
+    /// The response head arrived.
     answered: bool,
+    /// [`LinkState::heard`] when the call started.
+    heard_at_start: u64,
 }
 
 impl CallInFlight {
     fn new(link: Arc<LinkState>) -> Self {
-        link.call_started();
+        let heard_at_start = link.call_started();
         CallInFlight {
             link,
             answered: false,
+            heard_at_start,
         }
     }
 }
 
 impl Drop for CallInFlight {
     fn drop(&mut self) {
-        self.link.call_ended(self.answered);
+        self.link.call_ended(self.answered, self.heard_at_start);
     }
 }
 
@@ -276,7 +302,7 @@ impl MemberList {
 type Chosen = (tonic::transport::Channel, Arc<LinkState>);
 
 /// The member to call among `links` (not empty): the best link (up, then idle, connecting,
-/// failed, stalled), the first such at or after `next`, round robin.
+/// suspect, failed, stalled), the first such at or after `next`, round robin.
 fn pick(links: &[Link], next: usize) -> usize {
     let best = links.iter().min().copied().unwrap_or(Link::Idle);
     (0..links.len())
@@ -338,7 +364,8 @@ impl Service<TonicRequest> for Members {
                 let call = channel.call(request);
                 Box::pin(async move {
                     let response = call.await;
-                    in_flight.answered = true;
+                    // An error here is the transport's (no response head): not an answer.
+                    in_flight.answered = response.is_ok();
                     drop(in_flight);
                     response.map_err(Into::into)
                 })
@@ -637,7 +664,54 @@ impl AsyncWrite for BurstStream {
 
 #[cfg(test)]
 mod tests {
-    use super::{pick, Link};
+    use super::{pick, Link, LinkState};
+
+    /// A link with one connection open.
+    fn connected() -> LinkState {
+        let link = LinkState::default();
+        link.stream_opened();
+        link
+    }
+
+    #[test]
+    fn a_call_given_up_on_a_silent_member_makes_it_suspect() {
+        let link = connected();
+        let heard_at_start = link.call_started();
+        link.call_ended(false, heard_at_start);
+        assert_eq!(link.get(), Link::Suspect);
+        // The retry goes to any other member that is up, idle or connecting...
+        assert_eq!(pick(&[link.get(), Link::Idle], 0), 1);
+        assert_eq!(pick(&[link.get(), Link::Connecting], 0), 1);
+        // ...and stays on the only member there is.
+        assert_eq!(pick(&[link.get()], 0), 0);
+        assert_eq!(pick(&[link.get(), Link::Failed, Link::Stalled], 1), 0);
+        // The server speaks again: calls may go there again.
+        link.heard();
+        assert_eq!(link.get(), Link::Up);
+    }
+
+    #[test]
+    fn a_new_connection_clears_suspicion() {
+        let link = connected();
+        let heard_at_start = link.call_started();
+        link.call_ended(false, heard_at_start);
+        link.stream_closed();
+        link.stream_opened();
+        assert_eq!(link.get(), Link::Up);
+    }
+
+    #[test]
+    fn answered_calls_and_calls_given_up_while_the_server_spoke_leave_a_member_up() {
+        let link = connected();
+        let heard_at_start = link.call_started();
+        link.call_ended(true, heard_at_start);
+        assert_eq!(link.get(), Link::Up);
+        // A slow request given up while the server answered others: the member is alive.
+        let heard_at_start = link.call_started();
+        link.heard();
+        link.call_ended(false, heard_at_start);
+        assert_eq!(link.get(), Link::Up);
+    }
 
     #[test]
     fn calls_go_to_connected_members_in_turn() {

@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use locksmith_api::DistributedLock;
@@ -92,6 +92,137 @@ async fn a_blackholed_first_endpoint_is_passed_over_at_connect() {
     assert!(took < CYCLE_BOUND, "connect took {took:?}");
     let slowest = cycles(&session, "blackholed", 20).await;
     assert!(slowest < CYCLE_BOUND, "slowest lock + unlock {slowest:?}");
+}
+
+/// A member that accepts connections and never answers, counting the calls that reach it on
+/// each connection.
+struct SilentMember {
+    endpoint: String,
+    /// Per connection, in the order they were accepted: the calls received on it.
+    calls: Arc<Mutex<Vec<usize>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl SilentMember {
+    async fn start() -> SilentMember {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let counted = Arc::clone(&calls);
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let connection = {
+                    let mut calls = counted.lock().unwrap();
+                    calls.push(0);
+                    calls.len() - 1
+                };
+                tokio::spawn(count_calls(stream, Arc::clone(&counted), connection));
+            }
+        });
+        SilentMember {
+            endpoint,
+            calls,
+            accept,
+        }
+    }
+
+    /// Per connection, in the order they were accepted: the calls (HTTP/2 streams opened by a
+    /// HEADERS frame) received on it so far.
+    fn calls(&self) -> Vec<usize> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SilentMember {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Reads a client's HTTP/2 connection to its end, counting HEADERS frames; never writes.
+async fn count_calls(
+    mut stream: tokio::net::TcpStream,
+    calls: Arc<Mutex<Vec<usize>>>,
+    connection: usize,
+) {
+    use tokio::io::AsyncReadExt;
+    const PREFACE: usize = 24;
+    const HEADERS: u8 = 0x1;
+    let mut preface = [0u8; PREFACE];
+    if stream.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    let mut head = [0u8; 9];
+    while stream.read_exact(&mut head).await.is_ok() {
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        if head[3] == HEADERS {
+            calls.lock().unwrap()[connection] += 1;
+        }
+        let mut payload = vec![0u8; length];
+        if stream.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A call given up on a silent member goes elsewhere next time: with the silent member first,
+/// the session's client sends it the lease grant's first attempt and nothing more. TTL 2 gives
+/// attempts of 0.67 s, shorter than the transport's stall detection; TTL 6 gives the grant's
+/// 1 s attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_first_endpoint_gets_one_call_per_client() {
+    let etcd = Etcd::new();
+    for ttl_secs in [2, 6] {
+        for _ in 0..3 {
+            let silent = SilentMember::start().await;
+            let config = config(
+                vec![silent.endpoint.clone(), etcd.server.endpoint()],
+                ttl_secs,
+            );
+            let (session, took) = connect(&config).await;
+            let slowest = cycles(&session, "silent", 5).await;
+            // The first connection is the session's client (the grant is its first call);
+            // the keepalive's client of its own may open the second.
+            let calls = silent.calls();
+            assert_eq!(
+                calls.first(),
+                Some(&1),
+                "TTL {ttl_secs} s: calls per connection {calls:?} (connect took {took:?})"
+            );
+            assert!(
+                calls.iter().all(|&calls| calls <= 1),
+                "TTL {ttl_secs} s: calls per connection {calls:?}"
+            );
+            assert!(
+                took < Duration::from_secs(2),
+                "TTL {ttl_secs} s: connect took {took:?}"
+            );
+            assert!(slowest < CYCLE_BOUND, "slowest lock + unlock {slowest:?}");
+        }
+    }
+}
+
+/// A member that goes silent mid-run costs the retry helper one attempt, not one per call:
+/// with two connected members calls alternate between them, and after one call to the silent
+/// member times out (TTL 2: attempts of 0.67 s, shorter than the transport's stall detection)
+/// its retry and every later call go to the other member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_retries_leave_a_member_that_went_silent() {
+    let etcd = Etcd::new();
+    let hole = TcpProxy::start(&etcd.server.endpoint()).await.unwrap();
+    let config = config(vec![hole.endpoint(), etcd.server.endpoint()], 2);
+    let (session, _) = connect(&config).await;
+    // Both members connected and answering.
+    cycles(&session, "went-silent", 5).await;
+    hole.swallow_requests(true);
+    hole.swallow_replies(true);
+    let started = Instant::now();
+    let slowest = cycles(&session, "went-silent", 10).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "10 lock + unlock after the member went silent took {took:?} (slowest {slowest:?})"
+    );
 }
 
 /// Two sessions take turns on one name while `during` runs; panics on two owners at once.
