@@ -264,7 +264,8 @@ impl DistributedRwLock for EtcdLock {
 /// `{namespace}\u{1f}semaphore/{NAME}/{lease id in hex}-{n}` (`%` and `/` in `NAME` written
 /// `%25` and `%2F`), its value `{limit} {token}`; the unit separator keeps these keys apart
 /// from every lock, election and RW key. An uncontended acquire is one transaction, a release
-/// one guarded delete; each release reaches at most `limit` + 2 waiters.
+/// one guarded delete; each release reaches at most `limit` waiters far back in the queue and
+/// three near its head.
 #[async_trait]
 impl DistributedSemaphore for EtcdLock {
     async fn acquire(&self, name: &str, limit: u32) -> Result<LockGuard, LockError> {
