@@ -189,6 +189,11 @@ impl<T: Clone + Send + 'static> LockTable<T> {
         }
     }
 
+    // The `#[inline]`s on this, `take`, `queue`, `change`, `release` and the small
+    // `NameQueue` helpers are measured: the table is generic, so it is compiled in each
+    // backend crate, where LLVM otherwise kept them as calls and an uncontended memory
+    // lock+unlock cost about 140 instructions more (callgrind; see BENCHMARKS.md).
+    #[inline]
     fn enqueue(
         self: &Arc<Self>,
         claim: Claim,
@@ -373,6 +378,7 @@ impl<T: Clone + Send + 'static> LockTable<T> {
     }
 
     /// Releases `ticket` if it still holds `name`; true when it did.
+    #[inline]
     fn release(&self, family: Family, name: &str, ticket: u64) -> bool {
         self.state
             .lock()
@@ -393,6 +399,7 @@ enum Enqueued<T: Clone + Send + 'static> {
 }
 
 /// Grants a new entry at once and tells the hook of a new lock holder.
+#[inline]
 fn take<T>(
     queue: &mut NameQueue<T>,
     ticket: u64,
@@ -428,6 +435,7 @@ impl<T> TableState<T> {
 
     /// The queue of `name` in `family` (created empty if nobody uses it), the token counter
     /// and the holder hook (for lock names only), so that the queue can be granted to.
+    #[inline]
     fn queue(
         &mut self,
         family: Family,
@@ -456,6 +464,7 @@ impl<T> TableState<T> {
     /// Applies `change` to the queue of `name` in `family` (one lookup) and, if it reports a
     /// change, grants waiters as [`NameQueue::hand_over`] does. Returns what `change`
     /// returned; false for a name nobody uses.
+    #[inline]
     fn change(
         &mut self,
         family: Family,

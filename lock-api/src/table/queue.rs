@@ -58,6 +58,7 @@ impl<T> NameQueue<T> {
     /// - a reader: when no writer holds (a granted writer holds alone, so the oldest entry
     ///   tells) — older waiting writers are covered by the prefix rule;
     /// - a permit: when fewer than `limit` older entries hold.
+    #[inline]
     pub(super) fn admits(&self, claim: Claim) -> bool {
         match claim {
             Claim::Lock | Claim::Write => self.granted == 0,
@@ -70,12 +71,14 @@ impl<T> NameQueue<T> {
 
     /// Whether a new entry claiming `claim` would hold at once: nobody waits and the grant
     /// rule admits it.
+    #[inline]
     pub(super) fn admits_now(&self, claim: Claim) -> bool {
         self.granted == self.entries.len() && self.admits(claim)
     }
 
     /// Fails with [`LockError::LimitMismatch`] when the name is in use with another limit
     /// than `claim`'s (the limit of a name is its oldest entry's).
+    #[inline]
     pub(super) fn check_limit(&self, claim: Claim) -> Result<(), LockError> {
         let (Claim::Permit { limit }, Some(oldest)) = (claim, self.entries.front()) else {
             return Ok(());
@@ -91,6 +94,7 @@ impl<T> NameQueue<T> {
     }
 
     /// Appends a granted entry; returns the shared name and its token.
+    #[inline]
     pub(super) fn push_granted(
         &mut self,
         ticket: u64,
@@ -110,6 +114,7 @@ impl<T> NameQueue<T> {
     }
 
     /// The oldest holder, if the oldest entry holds.
+    #[inline]
     pub(super) fn front_holder(&self) -> Option<(&T, FencingToken)> {
         match self.entries.front()?.state {
             EntryState::Granted(token) => Some((&self.entries[0].tag, token)),
@@ -117,6 +122,7 @@ impl<T> NameQueue<T> {
         }
     }
 
+    #[inline]
     pub(super) fn front_holder_ticket(&self) -> Option<u64> {
         self.entries
             .front()
@@ -125,6 +131,7 @@ impl<T> NameQueue<T> {
     }
 
     /// Removes the entry of `ticket` if it holds; true when it did.
+    #[inline]
     pub(super) fn release(&mut self, ticket: u64) -> bool {
         // The usual case, a lock's only holder, without searching.
         if self.granted > 0 && self.entries.front().is_some_and(|e| e.ticket == ticket) {
