@@ -360,3 +360,52 @@ fn a_waiter_says_whom_it_waits_behind_after_a_second_unless_quiet() {
     assert_eq!(quiet.errors_so_far(), Vec::<String>::new());
     drop(last);
 }
+
+/// The library call under the CLI: nested names stay apart, names whose keys have no lease
+/// (application data) are not listed, semaphore names with `/` come back unescaped, the namespace is left out.
+#[tokio::test]
+async fn queue_and_queues_read_the_layouts_under_a_namespace() {
+    use locksmith::{DistributedLock, DistributedSemaphore, Primitive, QueueView};
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let config: locksmith::EtcdConfig =
+        match locksmith::LockConfig::from_url(&format!("etcd://{endpoint}/team/")).unwrap() {
+            locksmith::LockConfig::Etcd(config) => config,
+            _ => unreachable!("an etcd URL"),
+        };
+    let a = locksmith::EtcdLock::connect(&config).await.unwrap();
+    let b = locksmith::EtcdLock::connect(&config).await.unwrap();
+    let outer = a.lock("jobs").await.unwrap();
+    let inner = b.lock("jobs/nightly").await.unwrap();
+    let permit = a.acquire("pool/gpu", 3).await.unwrap();
+    let mut client = b.client();
+    client
+        .put("team/settings/theme", "dark", None)
+        .await
+        .unwrap();
+
+    let jobs = b.queue("jobs", Primitive::Lock).await.unwrap();
+    assert_eq!(jobs.holders.len(), 1);
+    assert!(jobs.waiters.is_empty(), "{jobs:?}");
+    assert_eq!(jobs.holders[0].key, outer.key());
+    assert_eq!(jobs.holders[0].lease_id, Some(a.lease_id()));
+    assert_eq!(jobs.holders[0].fencing_token, Some(outer.fencing_token()));
+    assert!(jobs.holders[0].ttl_left.is_some());
+
+    let all = b.queues("").await.unwrap();
+    let seen: Vec<(&str, Primitive, usize, Option<u32>)> = all
+        .iter()
+        .map(|q| (q.name.as_str(), q.primitive, q.len(), q.limit))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("jobs", Primitive::Lock, 1, None),
+            ("jobs/nightly", Primitive::Lock, 1, None),
+            ("pool/gpu", Primitive::Semaphore, 1, Some(3)),
+        ]
+    );
+    assert_eq!(b.queues("pool/").await.unwrap().len(), 1);
+    assert_eq!(b.queues("jobs/").await.unwrap()[0].name, "jobs/nightly");
+    drop((outer, inner, permit));
+}

@@ -282,7 +282,9 @@ impl DistributedSemaphore for EtcdLock {
 /// waiters by the primitive's grant rule; each entry's `fencing_token` is its key's create
 /// revision, its `value` the key's value, its `ttl_left` what etcd reports for its lease.
 /// A lock and an election of one name are the same keys: [`Primitive::Election`] only marks
-/// the entries as candidates.
+/// the entries as candidates. [`queues`](QueueView::queues) reads every key under
+/// `{namespace}{prefix}` (and the semaphores' under their own prefix) in one read each, and
+/// skips names none of whose keys has a lease: every client's queue keys have one.
 #[async_trait]
 impl QueueView for EtcdLock {
     async fn queue(&self, name: &str, primitive: Primitive) -> Result<QueueInfo, LockError> {

@@ -10,7 +10,8 @@
 //! (LeaseTimeToLive), once per lease per call.
 //!
 //! One range read per call (two for [`queues`]: the names, the semaphores), not paged: a
-//! prefix with very many keys is read whole.
+//! prefix with very many keys is read whole. [`queues`] skips names none of whose keys has
+//! a lease (every client's queue keys have one: those are application data).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -135,7 +136,14 @@ pub(crate) async fn queues(session: &Session, prefix: &str) -> Result<Vec<QueueI
     }
     let mut ttls = Ttls::default();
     let mut all = Vec::with_capacity(found.queues.len());
-    for ((name, _), (primitive, keyed)) in found.queues {
+    // Every client's queue keys are on a lease: a name with no such key is application data
+    // sharing the prefix. (A key without a lease in a queue that has leased keys still blocks
+    // the waiters behind it, and is shown.)
+    let queues = found
+        .queues
+        .into_iter()
+        .filter(|(_, (_, keyed))| keyed.iter().any(|(_, kv)| kv.lease() != 0));
+    for ((name, _), (primitive, keyed)) in queues {
         all.push(build(session, &name, primitive, keyed, &mut ttls).await?);
     }
     Ok(all)

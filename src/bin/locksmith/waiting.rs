@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use locksmith::{Primitive, QueueEntry, QueueInfo, QueueView};
 
+use crate::elect::printable;
 use crate::Held;
 
 /// How long a wait goes unreported.
@@ -90,16 +91,14 @@ fn behind(queue: &QueueInfo, lease_id: Option<i64>, held: &Held) -> Option<(Vec<
     Some((blockers, line))
 }
 
-/// `KEY (lease HEX, TTL 8s left)`.
+/// `KEY (lease HEX, TTL 8s left)`, the key escaped as `elect --listen` prints values (a
+/// semaphore's key starts with a control character).
 pub fn describe(entry: &QueueEntry) -> String {
+    let key = printable(entry.key.as_bytes());
     match (entry.lease_id, entry.ttl_left) {
-        (Some(lease), Some(ttl)) => format!(
-            "{} (lease {lease:x}, TTL {}s left)",
-            entry.key,
-            ttl.as_secs()
-        ),
-        (Some(lease), None) => format!("{} (lease {lease:x}, expired)", entry.key),
-        (None, _) => entry.key.clone(),
+        (Some(lease), Some(ttl)) => format!("{key} (lease {lease:x}, TTL {}s left)", ttl.as_secs()),
+        (Some(lease), None) => format!("{key} (lease {lease:x}, expired)"),
+        (None, _) => key,
     }
 }
 
