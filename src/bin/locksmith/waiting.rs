@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use locksmith::{Primitive, QueueEntry, QueueInfo, QueueView};
+use locksmith::{EntryKind, Primitive, QueueEntry, QueueInfo, QueueView};
 
 use crate::elect::printable;
 use crate::Held;
@@ -79,14 +79,27 @@ fn behind(queue: &QueueInfo, lease_id: Option<i64>, held: &Held) -> Option<(Vec<
         .iter()
         .position(|w| w.lease_id == Some(lease_id))?;
     let ahead = queue.holders.len() + place;
-    let first = queue.holders.first().or_else(|| queue.waiters.first())?;
-    let mut line = format!("waiting for {held} behind {}", describe(first));
-    let others = queue.holders.len().saturating_sub(1);
+    // A reader waits for writers only: behind readers that hold, the writer it waits for is
+    // the one to name.
+    let writer_ahead = queue
+        .holders
+        .iter()
+        .chain(&queue.waiters[..place])
+        .find(|e| e.kind == EntryKind::Write)
+        .filter(|_| queue.waiters[place].kind == EntryKind::Read);
+    let (named, others) = match (writer_ahead, queue.holders.first()) {
+        (Some(writer), _) => (writer, 0),
+        (None, Some(first)) => (first, queue.holders.len() - 1),
+        // Nobody holds (a handoff under way): the first in line.
+        (None, None) => (queue.waiters.first()?, 0),
+    };
+    let mut line = format!("waiting for {held} behind {}", describe(named));
     if others > 0 {
         line.push_str(&format!(" and {others} other holder{}", plural(others)));
     }
     line.push_str(&format!("; {ahead} ahead in the queue"));
-    let mut blockers: Vec<String> = queue.holders.iter().map(|h| h.key.clone()).collect();
+    let mut blockers = vec![named.key.clone()];
+    blockers.extend(queue.holders.iter().map(|h| h.key.clone()));
     blockers.push(ahead.to_string());
     Some((blockers, line))
 }
@@ -113,14 +126,18 @@ fn plural(n: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use locksmith::{EntryKind, FencingToken};
+    use locksmith::FencingToken;
 
     fn entry(key: &str, lease: i64) -> QueueEntry {
+        kind_entry(key, lease, EntryKind::Lock)
+    }
+
+    fn kind_entry(key: &str, lease: i64, kind: EntryKind) -> QueueEntry {
         QueueEntry {
             key: key.to_owned(),
             lease_id: Some(lease),
             fencing_token: Some(FencingToken::new(1)),
-            kind: EntryKind::Lock,
+            kind,
             value: None,
             ttl_left: Some(Duration::from_secs(8)),
         }
@@ -144,11 +161,36 @@ mod tests {
             line,
             "waiting for lock \"jobs\" behind jobs/a (lease a, TTL 8s left); 2 ahead in the queue"
         );
-        assert_eq!(blockers, ["jobs/a", "2"]);
+        assert_eq!(blockers, ["jobs/a", "jobs/a", "2"]);
         assert!(
             behind(&queue, Some(10), &held).is_none(),
             "the holder waits for nobody"
         );
         assert!(behind(&queue, None, &held).is_none());
+    }
+
+    #[test]
+    fn a_reader_names_the_writer_it_waits_for() {
+        use EntryKind::{Read, Write};
+        let queue = QueueInfo::from_ordered(
+            "cat",
+            Primitive::RwLock,
+            vec![
+                kind_entry("cat/read/a", 1, Read),
+                kind_entry("cat/read/b", 2, Read),
+                kind_entry("cat/write/c", 3, Write),
+                kind_entry("cat/read/d", 4, Read),
+            ],
+            None,
+        );
+        let held = Held::new("read lock", "cat");
+        let (_, line) = behind(&queue, Some(4), &held).unwrap();
+        assert!(line.contains("behind cat/write/c (lease 3,"), "{line}");
+        assert!(line.ends_with("; 3 ahead in the queue"), "{line}");
+        let (_, line) = behind(&queue, Some(3), &held).unwrap();
+        assert!(
+            line.contains("behind cat/read/a (lease 1, TTL 8s left) and 1 other holder;"),
+            "{line}"
+        );
     }
 }
