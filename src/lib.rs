@@ -61,6 +61,8 @@ pub use locksmith_api::{
     DistributedSemaphore, FencingToken, LeaderElection, LeaderInfo, LeaderState, LeaderWatch,
     Leadership, LockError, LockGuard, LossReason, MAX_NAME_LEN,
 };
+// Who holds what (issue 14).
+pub use locksmith_api::{EntryKind, Primitive, QueueEntry, QueueInfo, QueueView};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use locksmith_etcd::{etcd_client, EtcdConfig, EtcdLock, EtcdTls};

@@ -83,6 +83,7 @@ mod error;
 mod hold;
 mod hub;
 mod mutex;
+mod queue;
 mod retry;
 mod rwlock;
 mod semaphore;
@@ -99,7 +100,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use locksmith_api::{
     DistributedLock, DistributedRwLock, DistributedSemaphore, LeaderElection, LeaderInfo,
-    LeaderWatch, Leadership, LockError, LockGuard,
+    LeaderWatch, Leadership, LockError, LockGuard, Primitive, QueueInfo, QueueView,
 };
 
 pub use config::{EtcdConfig, EtcdTls};
@@ -274,6 +275,25 @@ impl DistributedSemaphore for EtcdLock {
 
     async fn try_acquire(&self, name: &str, limit: u32) -> Result<Option<LockGuard>, LockError> {
         semaphore::try_acquire(&self.session, name, limit).await
+    }
+}
+
+/// Reads the keys of every etcd client with the same layouts (locksmith, Go, `etcdctl lock`,
+/// `etcdctl elect`): a queue is its keys in create-revision order, split into holders and
+/// waiters by the primitive's grant rule; each entry's `fencing_token` is its key's create
+/// revision, its `value` the key's value, its `ttl_left` what etcd reports for its lease.
+/// A lock and an election of one name are the same keys: [`Primitive::Election`] only marks
+/// the entries as candidates. [`queues`](QueueView::queues) reads every key under
+/// `{namespace}{prefix}` (and the semaphores' under their own prefix) in one read each, and
+/// skips names none of whose keys has a lease: every client's queue keys have one.
+#[async_trait]
+impl QueueView for EtcdLock {
+    async fn queue(&self, name: &str, primitive: Primitive) -> Result<QueueInfo, LockError> {
+        queue::queue(&self.session, name, primitive).await
+    }
+
+    async fn queues(&self, prefix: &str) -> Result<Vec<QueueInfo>, LockError> {
+        queue::queues(&self.session, prefix).await
     }
 }
 

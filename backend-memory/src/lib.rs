@@ -147,6 +147,7 @@ mod election;
 mod hold;
 mod mutex;
 mod observers;
+mod queue;
 mod rwlock;
 mod semaphore;
 mod session;

@@ -42,6 +42,7 @@ mod error;
 mod fencing;
 mod guard;
 mod name;
+mod queue;
 mod shared;
 pub mod table;
 
@@ -57,6 +58,7 @@ pub use error::{BoxError, LockError, LossReason};
 pub use fencing::FencingToken;
 pub use guard::{Hold, LockGuard, LostSignal, LostWatch};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use queue::{EntryKind, Primitive, QueueEntry, QueueInfo, QueueView};
 pub use shared::{validate_limit, DistributedRwLock, DistributedSemaphore};
 pub use table::{Claim, Family, LockTable, Ticket};
 

@@ -360,6 +360,40 @@ impl<T: Clone + Send + 'static> LockTable<T> {
             .sum()
     }
 
+    /// A copy of the queues of `family` whose names `selects` picks and that have a holder
+    /// or a waiter: by name, each queue oldest entry first, holders before waiters (for
+    /// operators' views; nothing is changed).
+    pub fn snapshot(
+        &self,
+        family: Family,
+        selects: impl Fn(&str) -> bool,
+    ) -> Vec<(String, Vec<TableEntry<T>>)> {
+        let state = self.state.lock();
+        let mut queues: Vec<_> = state
+            .names(family)
+            .values()
+            .filter(|q| !q.is_idle() && selects(&q.name))
+            .map(|q| {
+                let entries = q
+                    .entries
+                    .iter()
+                    .map(|e| TableEntry {
+                        claim: e.claim,
+                        token: match e.state {
+                            EntryState::Granted(token) => Some(token),
+                            EntryState::Waiting(_) => None,
+                        },
+                        tag: e.tag.clone(),
+                    })
+                    .collect();
+                (q.name.to_string(), entries)
+            })
+            .collect();
+        drop(state);
+        queues.sort_by(|a, b| a.0.cmp(&b.0));
+        queues
+    }
+
     fn ticket(
         self: &Arc<Self>,
         claim: Claim,
@@ -391,6 +425,17 @@ impl<T: Clone + Send + 'static> LockTable<T> {
             .lock()
             .change(family, name, |queue| queue.remove(ticket).is_some());
     }
+}
+
+/// One entry of a queue in a [`LockTable::snapshot`].
+#[derive(Clone, Debug)]
+pub struct TableEntry<T> {
+    /// What the entry asks for.
+    pub claim: Claim,
+    /// The fencing token of a holder; `None` for a waiter.
+    pub token: Option<FencingToken>,
+    /// The backend's tag.
+    pub tag: T,
 }
 
 enum Enqueued<T: Clone + Send + 'static> {

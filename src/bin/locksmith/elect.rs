@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use locksmith::{Coordination, LeaderState};
+use locksmith::{Coordination, LeaderState, Primitive};
 
 use crate::signals::Signals;
+use crate::waiting::Waiting;
 use crate::{
     command, hold_until_signal, one_line, print_lines, release, Held, Outcome, RunOptions,
 };
@@ -12,28 +13,46 @@ use crate::{
 /// The line `--listen` prints while nobody leads.
 pub const VACANT: &str = "<none>";
 
+/// What `elect NAME PROPOSAL [-- COMMAND]` asks for.
+pub struct Campaign<'a> {
+    pub name: &'a str,
+    pub proposal: &'a [u8],
+    pub command: &'a [String],
+    pub run: &'a RunOptions,
+}
+
 /// Campaigns for `name` with `proposal`; once elected runs `command` while leading, or prints
 /// the key and the value and leads until SIGINT or SIGTERM, then resigns.
 pub async fn campaign(
     session: &Arc<dyn Coordination>,
-    name: &str,
-    proposal: &[u8],
-    command: &[String],
-    run: &RunOptions,
+    campaign: Campaign<'_>,
+    waiting: &Waiting,
 ) -> Outcome {
+    let Campaign {
+        name,
+        proposal,
+        command,
+        run,
+    } = campaign;
     let mut stop = match Signals::new() {
         Ok(stop) => stop,
         Err(message) => return Outcome::Failed(message),
     };
+    let held = Held::leadership(name);
+    let elected = waiting.reported(
+        session.campaign(name, proposal),
+        name,
+        Primitive::Election,
+        &held,
+    );
     let leadership = tokio::select! {
-        elected = session.campaign(name, proposal) => match elected {
+        elected = elected => match elected {
             Ok(leadership) => leadership,
             Err(err) => return err.into(),
         },
         // Dropping the campaign withdraws the candidate key.
         signal = stop.recv() => return Outcome::Exit(signal.exit_code()),
     };
-    let held = Held::leadership(name);
     match command.split_first() {
         Some((program, args)) => {
             // The same key, token and loss signal, as the command sees them.

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use clap::Args;
-use locksmith::{Coordination, LockConfig, LockError, LockGuard};
+use locksmith::{Coordination, LockConfig, LockError, LockGuard, Primitive};
 
+use crate::session::Session;
 use crate::signals::Signals;
+use crate::waiting::Waiting;
 use crate::{command, hold_until_signal, print_lines, release, Held, Outcome, RunOptions};
 
 /// What every hold command takes on its command line.
@@ -18,6 +20,9 @@ pub struct HoldArgs {
     command: Vec<String>,
     #[command(flatten)]
     run: RunOptions,
+    /// Print nothing on stderr while waiting behind earlier holders.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 /// How a hold command takes its name.
@@ -52,6 +57,15 @@ impl Acquire {
         }
     }
 
+    /// The queue this acquisition waits in.
+    fn primitive(self) -> Primitive {
+        match self {
+            Acquire::Lock => Primitive::Lock,
+            Acquire::Read | Acquire::Write => Primitive::RwLock,
+            Acquire::Permit { .. } => Primitive::Semaphore,
+        }
+    }
+
     fn held(self, name: &str) -> Held {
         let what = match self {
             Acquire::Lock => "lock",
@@ -69,30 +83,42 @@ pub async fn run(config: &LockConfig, acquire: Acquire, args: HoldArgs) -> Outco
     if let Err(err) = acquire.check(&args.name) {
         return err.into();
     }
-    let session = match config.connect_coordination().await {
+    let session = match Session::connect(config).await {
         Ok(session) => session,
         Err(err) => return err.into(),
     };
-    let outcome = hold(&session, acquire, &args).await;
+    let waiting = Waiting::new(&session, args.quiet);
+    let outcome = hold(&session.coordination, acquire, &args, &waiting).await;
     // Revoke the session before exiting: background cleanup would not outlive main.
-    let _ = tokio::time::timeout(crate::CLOSE_TIMEOUT, session.close()).await;
+    session.close().await;
     outcome
 }
 
-async fn hold(session: &Arc<dyn Coordination>, acquire: Acquire, args: &HoldArgs) -> Outcome {
+async fn hold(
+    session: &Arc<dyn Coordination>,
+    acquire: Acquire,
+    args: &HoldArgs,
+    waiting: &Waiting,
+) -> Outcome {
     let mut stop = match Signals::new() {
         Ok(stop) => stop,
         Err(message) => return Outcome::Failed(message),
     };
+    let held = acquire.held(&args.name);
+    let acquired = waiting.reported(
+        acquire.acquire(session.as_ref(), &args.name),
+        &args.name,
+        acquire.primitive(),
+        &held,
+    );
     let guard = tokio::select! {
-        guard = acquire.acquire(session.as_ref(), &args.name) => match guard {
+        guard = acquired => match guard {
             Ok(guard) => guard,
             Err(err) => return err.into(),
         },
         // Dropping the acquire future withdraws our key from the queue.
         signal = stop.recv() => return Outcome::Exit(signal.exit_code()),
     };
-    let held = acquire.held(&args.name);
     let kill_after = args.run.kill_after;
     let outcome = match args.command.split_first() {
         Some((program, rest)) => {

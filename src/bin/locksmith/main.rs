@@ -10,12 +10,17 @@
 //! locksmith --url etcd://127.0.0.1:2379/ elect NAME VALUE -- CMD    # lead while CMD runs
 //! locksmith --url etcd://127.0.0.1:2379/ elect NAME VALUE           # print key and value, lead until SIGINT/SIGTERM
 //! locksmith --url etcd://127.0.0.1:2379/ elect --listen NAME        # print the leader and each change
+//! locksmith --url etcd://127.0.0.1:2379/ status NAME [--json]       # who holds NAME, who waits
+//! locksmith --url etcd://127.0.0.1:2379/ list [PREFIX] [--json]     # every name in use, its holder
 //! ```
 
 mod command;
 mod elect;
 mod hold;
+mod session;
 mod signals;
+mod status;
+mod waiting;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -24,10 +29,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use locksmith::{LockConfig, LockError, LossReason};
+use locksmith::{LockConfig, LockError, LossReason, Primitive};
 
 use hold::{Acquire, HoldArgs};
+use session::Session;
 use signals::Signals;
+use waiting::Waiting;
 
 /// What `lock`, `read`, `write` and `semaphore` do once they hold NAME.
 const HOLD_HELP: &str = "\
@@ -35,6 +42,10 @@ With a command: holds NAME while the command runs (with LOCKSMITH_KEY and \
 LOCKSMITH_FENCING_TOKEN in its environment) and exits with its status. Without: prints the \
 key and holds until SIGINT or SIGTERM (status 0). A signal while waiting withdraws from the \
 queue (status 130 or 143).
+
+While waiting longer than a second, a line on stderr names whom it waits behind (the \
+holder's key, lease and TTL left) and how many are ahead, and a new line each time that \
+changes; --quiet turns these lines off.
 
 If the hold is lost (session expired or revoked, key deleted), the command gets SIGTERM (and \
 SIGKILL after --kill-after) and locksmith exits with status 1 and a one-line message naming \
@@ -131,8 +142,99 @@ enum Commands {
         command: Vec<String>,
         #[command(flatten)]
         run: RunOptions,
+        /// Print nothing on stderr while waiting behind earlier candidates.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+
+    /// Shows who holds NAME (key, lease, TTL left, fencing token) and every waiter in order.
+    #[command(after_long_help = STATUS_HELP)]
+    Status {
+        /// The name to show.
+        name: String,
+        #[command(flatten)]
+        primitive: PrimitiveFlags,
+        /// Print JSON (see below) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Lists every name in use under PREFIX (all by default): its holder and how many wait.
+    #[command(after_long_help = LIST_HELP)]
+    List {
+        /// Only names starting with this.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Print JSON (the array `status --json` prints) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
+
+/// Which primitive `status` reads; none: every one that has keys.
+#[derive(Args)]
+#[group(multiple = false)]
+struct PrimitiveFlags {
+    /// The lock NAME (`lock`, `etcdctl lock`).
+    #[arg(long)]
+    lock: bool,
+    /// The election NAME (`elect`, `etcdctl elect`): the same keys as the lock, with values.
+    #[arg(long)]
+    election: bool,
+    /// The reader-writer lock NAME (`read`, `write`).
+    #[arg(long)]
+    rw: bool,
+    /// The semaphore NAME (`semaphore`).
+    #[arg(long)]
+    semaphore: bool,
+}
+
+impl PrimitiveFlags {
+    fn which(&self) -> status::Which {
+        let only = [
+            (self.lock, Primitive::Lock),
+            (self.election, Primitive::Election),
+            (self.rw, Primitive::RwLock),
+            (self.semaphore, Primitive::Semaphore),
+        ]
+        .into_iter()
+        .find_map(|(set, primitive)| set.then_some(primitive));
+        only.map_or(status::Which::Detect, status::Which::Only)
+    }
+}
+
+/// The text and JSON `status` prints.
+const STATUS_HELP: &str = "\
+Without --lock, --election, --rw or --semaphore, every primitive's queue of NAME is read and \
+those with keys are shown. A lock and an election share keys: a queue whose keys carry \
+values (proposals, as `elect` and `etcdctl elect` store) shows as an election, one whose \
+values are empty (`etcdctl lock`) or locksmith markers as a lock. Keys made by Go clients, \
+`etcdctl lock` and `etcdctl elect` are read the same way as locksmith's. Status 0 whether \
+or not anyone holds NAME.
+
+Text: per queue a heading, then one line per entry, holders first, then waiters in the \
+order they will be served:
+  lock \"NAME\": 1 holder, 2 waiting
+    holds  lock      KEY  lease=HEX ttl=8s token=42
+    waits  lock      KEY  lease=HEX ttl=9s token=57
+Elections add value=VALUE (escaped as `elect --listen` does); semaphores show their limit.
+
+--json prints one JSON array of queues (an empty array when nothing is found):
+  {\"name\", \"primitive\": \"lock\"|\"election\"|\"rwlock\"|\"semaphore\", \"limit\": N|null,
+   \"holders\": [ENTRY...], \"waiters\": [ENTRY...]}
+  ENTRY: {\"key\", \"kind\": \"lock\"|\"candidate\"|\"read\"|\"write\"|\"permit\",
+   \"lease_id\": \"HEX\"|null, \"ttl_left_secs\": N|null, \"fencing_token\": N|null,
+   \"value\": \"TEXT\"|null}
+ttl_left_secs is null when the lease has just expired (or on memory://); fencing_token is \
+the key's create revision on etcd (null for a memory waiter); value is the key's value as \
+text (invalid UTF-8 replaced).";
+
+/// The text `list` prints.
+const LIST_HELP: &str = "\
+One line per queue with a holder or a waiter, sorted by name, tab-separated:
+  NAME  PRIMITIVE  HOLDER-KEY (lease HEX, TTL 8s left) [(+N more)]  waiting N
+A reader-writer lock NAME and a lock NAME/read (or NAME/write) share keys on etcd; they are \
+listed as the reader-writer lock. --json prints the array `status --json` prints.";
 
 /// How a command run under a hold is stopped.
 #[derive(Args)]
@@ -209,16 +311,45 @@ async fn main() -> ExitCode {
             proposal,
             command,
             run,
-        } => match config.connect_coordination().await {
+            quiet,
+        } => match Session::connect(&config).await {
             Ok(session) => {
                 let outcome = match proposal {
                     Some(proposal) if !listen => {
                         use std::os::unix::ffi::OsStrExt;
-                        elect::campaign(&session, &name, proposal.as_bytes(), &command, &run).await
+                        let waiting = Waiting::new(&session, quiet);
+                        let campaign = elect::Campaign {
+                            name: &name,
+                            proposal: proposal.as_bytes(),
+                            command: &command,
+                            run: &run,
+                        };
+                        elect::campaign(&session.coordination, campaign, &waiting).await
                     }
-                    _ => elect::listen(&session, &name).await,
+                    _ => elect::listen(&session.coordination, &name).await,
                 };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
+                session.close().await;
+                outcome
+            }
+            Err(err) => err.into(),
+        },
+        Commands::Status {
+            name,
+            primitive,
+            json,
+        } => match Session::connect(&config).await {
+            Ok(session) => {
+                let outcome =
+                    status::status(session.view.as_ref(), &name, primitive.which(), json).await;
+                session.close().await;
+                outcome
+            }
+            Err(err) => err.into(),
+        },
+        Commands::List { prefix, json } => match Session::connect(&config).await {
+            Ok(session) => {
+                let outcome = status::list(session.view.as_ref(), &prefix, json).await;
+                session.close().await;
                 outcome
             }
             Err(err) => err.into(),
