@@ -35,7 +35,7 @@
 //! [`LostWatch`] (how the guard learns of a loss), and run the
 //! `conformance` suite (feature `conformance`) from your tests. For leader election, build a [`Leadership`] from such
 //! a guard and a [`Proclaim`], and serve observers from a [`LeaderFeed`] per observed name.
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 mod election;
 mod error;
