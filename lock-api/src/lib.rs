@@ -39,9 +39,11 @@
 
 mod election;
 mod error;
+mod ext;
 mod fencing;
 mod guard;
 mod name;
+mod pointer;
 mod shared;
 pub mod table;
 
@@ -54,6 +56,7 @@ pub use election::{
     Proclaim,
 };
 pub use error::{BoxError, LockError, LossReason};
+pub use ext::DistributedLockExt;
 pub use fencing::FencingToken;
 pub use guard::{Hold, LockGuard, LostSignal, LostWatch};
 pub use name::{validate_name, MAX_NAME_LEN};
@@ -68,7 +71,10 @@ pub use table::{Claim, Family, LockTable, Ticket};
 /// session exclude each other too: the lock is not reentrant.
 ///
 /// Use it as `&dyn DistributedLock`, `Arc<dyn DistributedLock>` or a generic
-/// `L: DistributedLock`.
+/// `L: DistributedLock`: it is implemented for `&T`, `Box<T>` and `Arc<T>` of every session
+/// type `T` (also `dyn`), as are [`LeaderElection`], [`DistributedRwLock`] and
+/// [`DistributedSemaphore`]. [`DistributedLockExt`] adds
+/// [`with_lock`](DistributedLockExt::with_lock) to every session.
 ///
 /// # Fairness
 /// Waiters on a name are served in the order they arrived (FIFO), without polling.
