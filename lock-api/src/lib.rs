@@ -9,19 +9,17 @@
 //! generic over lock providers, needs.
 //!
 //! ```
-//! use locksmith_api::{DistributedLock, LockError};
+//! use locksmith_api::{DistributedLock, DistributedLockExt, LockError};
 //!
-//! /// Runs `job` while holding the lock `name`, on any backend.
-//! async fn exclusively<L: DistributedLock + ?Sized>(
-//!     locks: &L,
-//!     name: &str,
-//!     job: impl std::future::Future<Output = ()>,
-//! ) -> Result<(), LockError> {
-//!     let guard = locks.lock(name).await?;
-//!     tokio::select! {
-//!         () = job => guard.unlock().await,
-//!         reason = guard.lost() => Err(LockError::LockLost { name: name.into(), reason }),
-//!     }
+//! /// Writes the nightly report while holding its lock, on any backend: the work stops
+//! /// with `LockLost` if the lock goes first.
+//! async fn nightly_report<L: DistributedLock + ?Sized>(locks: &L) -> Result<usize, LockError> {
+//!     locks
+//!         .with_lock("reports/nightly", async {
+//!             // … the work; its output is returned once the lock is released.
+//!             42
+//!         })
+//!         .await
 //! }
 //!
 //! // Bad names are refused before any backend is involved.
@@ -91,6 +89,37 @@ pub use table::{Claim, Family, LockTable, Ticket};
 pub trait DistributedLock: Send + Sync {
     /// Waits until the lock `name` is ours, in FIFO order.
     ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use locksmith_api::DistributedLock;
+    /// use locksmith_memory::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), locksmith_api::LockError> {
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (store.connect()?, store.connect()?);
+    ///
+    /// let guard = a.lock("billing/close-month").await?;
+    /// let first = guard.fencing_token();
+    ///
+    /// // A deadline on the wait: the timed-out waiter leaves the queue.
+    /// let wait = tokio::time::timeout(Duration::from_millis(10), b.lock("billing/close-month"));
+    /// assert!(wait.await.is_err());
+    ///
+    /// // b waits behind a until a unlocks, then holds with a greater token.
+    /// let waiting = tokio::spawn(async move { b.lock("billing/close-month").await });
+    /// while store.queue_len("billing/close-month") < 2 {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// guard.unlock().await?;
+    /// let next = waiting.await.expect("the waiter task")?;
+    /// assert!(next.fencing_token() > first);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`LockError::InvalidName`] for a bad name, [`LockError::SessionLost`] when the session
     /// ends before or while waiting, a backend error when the backend cannot be reached.
@@ -102,6 +131,30 @@ pub trait DistributedLock: Send + Sync {
 
     /// Takes the lock `name` if nobody holds it; `Ok(None)` when another owner (or another
     /// task of this session) holds it. Never waits behind the queue.
+    ///
+    /// # Examples
+    /// ```
+    /// use locksmith_api::DistributedLock;
+    /// use locksmith_memory::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), locksmith_api::LockError> {
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (store.connect()?, store.connect()?);
+    ///
+    /// match a.try_lock("cache/rebuild").await? {
+    ///     Some(guard) => {
+    ///         // Ours: b cannot have it, not even from its own session twice.
+    ///         assert!(b.try_lock("cache/rebuild").await?.is_none());
+    ///         assert!(a.try_lock("cache/rebuild").await?.is_none());
+    ///         guard.unlock().await?;
+    ///     }
+    ///     None => unreachable!("nobody else holds it"),
+    /// }
+    /// assert!(b.try_lock("cache/rebuild").await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// As [`lock`](DistributedLock::lock).
