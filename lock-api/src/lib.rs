@@ -30,9 +30,161 @@
 //! # Writing a backend
 //! Implement [`DistributedLock`] for a client session: validate names with
 //! [`validate_name`], return a [`LockGuard`] built from a [`Hold`] (how to release) and a
-//! [`LostWatch`] (how the guard learns of a loss), and run the
-//! `conformance` suite (feature `conformance`) from your tests. For leader election, build a [`Leadership`] from such
-//! a guard and a [`Proclaim`], and serve observers from a [`LeaderFeed`] per observed name.
+//! [`LostWatch`] (how the guard learns of a loss), and run the `conformance` suite (feature
+//! `conformance`) from your tests. A [`LockTable`] keeps the FIFO queues and fencing tokens,
+//! whether it is the whole store (an in-process backend) or serializes one session's own tasks
+//! (as the etcd backend's does). For leader election, build a [`Leadership`] from such a guard
+//! and a [`Proclaim`], and serve observers from a [`LeaderFeed`] per observed name.
+//!
+//! A whole backend, for the sessions of one process, checked by conformance cases:
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::Arc;
+//!
+//! use locksmith_api::{
+//!     async_trait, validate_name, DistributedLock, Hold, LockError, LockGuard, LockTable,
+//!     LossReason, LostSignal, LostWatch, Ticket,
+//! };
+//! use tokio::sync::watch;
+//!
+//! /// What the table keeps per holder and waiter: its session, and the loss signal of its
+//! /// guard.
+//! #[derive(Clone)]
+//! struct Entry {
+//!     session: u64,
+//!     lost: LostSignal,
+//! }
+//!
+//! /// One client session on a shared table.
+//! struct LocalLock {
+//!     table: Arc<LockTable<Entry>>,
+//!     id: u64,
+//!     closed: watch::Sender<bool>,
+//! }
+//!
+//! /// How a guard gives its lock up: the table entry goes, the next waiter holds.
+//! struct LocalHold(Ticket<Entry>);
+//!
+//! #[async_trait]
+//! impl Hold for LocalHold {
+//!     async fn release(self: Box<Self>) -> Result<(), LockError> {
+//!         // A hold evicted by `end` has marked its loss, which `unlock` reports first.
+//!         self.0.release();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl LocalLock {
+//!     fn ended(&self) -> LockError {
+//!         let session = self.id.to_string();
+//!         LockError::SessionLost { session, reason: LossReason::Closed }
+//!     }
+//!
+//!     /// A table entry of this session, and the watch its guard will have.
+//!     fn entry(&self) -> Result<(Entry, LostWatch), LockError> {
+//!         if *self.closed.borrow() {
+//!             return Err(self.ended());
+//!         }
+//!         let (lost, watch) = LostSignal::new();
+//!         Ok((Entry { session: self.id, lost }, watch))
+//!     }
+//!
+//!     fn guard(&self, ticket: Ticket<Entry>, lost: LostWatch) -> LockGuard {
+//!         let (name, token) = (ticket.name().to_owned(), ticket.token());
+//!         let key = format!("{name}/{:x}", self.id);
+//!         LockGuard::new(name, key, token, lost, Box::new(LocalHold(ticket)))
+//!     }
+//!
+//!     /// Ends the session: its guards learn of the loss, its waiters fail.
+//!     fn end(&self) {
+//!         self.closed.send_replace(true);
+//!         self.table.evict_where(
+//!             |entry| entry.session == self.id,
+//!             |_name, entry| {
+//!                 entry.lost.mark(LossReason::Closed);
+//!             },
+//!             || self.ended(),
+//!         );
+//!     }
+//! }
+//!
+//! #[async_trait]
+//! impl DistributedLock for LocalLock {
+//!     async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
+//!         validate_name(name)?;
+//!         let (entry, lost) = self.entry()?;
+//!         let mut closed = self.closed.subscribe();
+//!         // Dropping the losing branch's `acquire` withdraws it from the queue.
+//!         tokio::select! {
+//!             ticket = self.table.acquire(name, entry) => Ok(self.guard(ticket?, lost)),
+//!             _ = closed.wait_for(|closed| *closed) => Err(self.ended()),
+//!         }
+//!     }
+//!
+//!     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
+//!         validate_name(name)?;
+//!         let (entry, lost) = self.entry()?;
+//!         let ticket = self.table.try_acquire(name, entry);
+//!         Ok(ticket.map(|ticket| self.guard(ticket, lost)))
+//!     }
+//!
+//!     async fn close(&self) -> Result<(), LockError> {
+//!         self.end();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl Drop for LocalLock {
+//!     fn drop(&mut self) {
+//!         self.end(); // dropping the client ends its session
+//!     }
+//! }
+//! # #[cfg(feature = "conformance")]
+//! # mod check {
+//! # use super::*;
+//!
+//! // The conformance suite opens sessions through a factory (in your tests).
+//! use locksmith_api::conformance::{self, SessionFactory};
+//!
+//! struct Sessions {
+//!     table: Arc<LockTable<Entry>>,
+//!     next_id: AtomicU64,
+//! }
+//!
+//! #[async_trait]
+//! impl SessionFactory for Sessions {
+//!     async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+//!         Ok(Arc::new(LocalLock {
+//!             table: Arc::clone(&self.table),
+//!             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+//!             closed: watch::Sender::new(false),
+//!         }))
+//!     }
+//!
+//!     async fn queue_len(&self, name: &str) -> usize {
+//!         self.table.queue_len(name)
+//!     }
+//! }
+//!
+//! # pub async fn run() {
+//! let sessions = Sessions { table: LockTable::new(), next_id: AtomicU64::new(1) };
+//! conformance::mutual_exclusion_under_contention(&sessions).await;
+//! conformance::fifo_order_is_arrival_order(&sessions).await;
+//! conformance::cancelled_waiter_does_not_block_queue(&sessions).await;
+//! conformance::session_close_releases_and_fails_waiters(&sessions).await;
+//! conformance::dropping_client_releases_holds(&sessions).await;
+//! conformance::fencing_tokens_increase_across_holders(&sessions).await;
+//! // In a test file, `locksmith_api::conformance_tests!(Sessions { … })` writes one
+//! // `#[tokio::test]` per case instead.
+//! # }
+//! # }
+//! # #[tokio::main]
+//! # async fn main() {
+//! #     #[cfg(feature = "conformance")]
+//! #     check::run().await;
+//! # }
+//! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod election;
