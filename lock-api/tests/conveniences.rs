@@ -257,3 +257,18 @@ async fn the_session_traits_hold_for_pointers() {
     assert!(plain.try_lock("nested").await.unwrap().is_none());
     guard.unlock().await.unwrap();
 }
+
+#[tokio::test]
+async fn sessions_and_tables_have_debug() {
+    let store = MemoryStore::new();
+    let session = store.connect().unwrap();
+    let _guard = session.lock("debugged").await.unwrap();
+    assert!(
+        format!("{session:?}").starts_with("MemoryLock {"),
+        "{session:?}"
+    );
+    assert_eq!(format!("{store:?}"), "MemoryStore { active_names: 1 }");
+    let table = locksmith_api::LockTable::<u64>::new();
+    let _ticket = table.try_acquire("a", 1).unwrap();
+    assert_eq!(format!("{table:?}"), "LockTable { active_names: 1, .. }");
+}
