@@ -56,6 +56,7 @@
 pub mod config;
 
 pub use config::{LockConfig, MemoryConfig};
+pub use locksmith_api::DistributedLockExt;
 pub use locksmith_api::{
     async_trait, validate_name, BoxError, Coordination, DistributedLock, DistributedRwLock,
     DistributedSemaphore, FencingToken, LeaderElection, LeaderInfo, LeaderState, LeaderWatch,

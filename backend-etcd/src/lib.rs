@@ -74,7 +74,7 @@
 //! the lease's deadline (a partition, a paused process) the session ends: guards report loss,
 //! waiters fail with [`LockError::SessionLost`], and a
 //! lock is never reported acquired on an expired lease.
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 mod attempt;
 mod config;
@@ -297,12 +297,14 @@ impl QueueView for EtcdLock {
     }
 }
 
+/// Written by hand: the etcd client inside holds the credentials and is left out.
 impl std::fmt::Debug for EtcdLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdLock")
             .field("lease_id", &format_args!("{:x}", self.session.lease_id))
+            .field("ttl", &self.session.ttl)
             .field("endpoints", &self.session.endpoints)
             .field("namespace", &self.session.namespace)
-            .finish()
+            .finish_non_exhaustive()
     }
 }

@@ -631,6 +631,57 @@ impl Drop for TcpProxy {
     }
 }
 
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint())
+            .field("pid", &self.process.as_ref().map(Child::id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EtcdServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdServer")
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Stopped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopped")
+            .field("member", &self.member)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EtcdCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCluster")
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TcpProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering;
+        f.debug_struct("TcpProxy")
+            .field("endpoint", &self.endpoint)
+            .field(
+                "swallow_replies",
+                &self.faults.swallow_replies.load(Ordering::SeqCst),
+            )
+            .field(
+                "swallow_requests",
+                &self.faults.swallow_requests.load(Ordering::SeqCst),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 async fn proxy_connection(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,

@@ -138,7 +138,7 @@
 //! # Ok(())
 //! # }
 //! ```
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 // Modules build on each other in this order, without cycles: `hold` (table entries) ←
 // `observers` ← `store` ← `session` ← the primitives (`mutex`, `election`, `rwlock`,

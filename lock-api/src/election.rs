@@ -72,6 +72,33 @@ impl LeaderInfo {
 pub trait LeaderElection: Send + Sync {
     /// Waits until this session leads `name` (FIFO among candidates), with `value` proclaimed.
     ///
+    /// # Examples
+    /// ```
+    /// use locksmith_api::LeaderElection;
+    /// use locksmith_memory::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), locksmith_api::LockError> {
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (store.connect()?, store.connect()?);
+    ///
+    /// let leadership = a.campaign("scheduler", b"host-a").await?;
+    /// let leader = b.leader("scheduler").await?.expect("a leads");
+    /// assert_eq!(leader.value(), b"host-a");
+    /// assert_eq!(leader.fencing_token(), leadership.fencing_token());
+    ///
+    /// // b campaigns too and leads once a resigns.
+    /// let candidate = tokio::spawn(async move { b.campaign("scheduler", b"host-b").await });
+    /// while store.queue_len("scheduler") < 2 {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// leadership.resign().await?;
+    /// let next = candidate.await.expect("the candidate task")?;
+    /// assert_eq!(next.value(), b"host-b");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`LockError::InvalidName`] for a bad name, [`LockError::SessionLost`] when the session
     /// ends before or while campaigning, a backend error when the backend cannot be reached.

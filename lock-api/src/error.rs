@@ -189,6 +189,48 @@ impl LockError {
     pub fn is_session_lost(&self) -> bool {
         matches!(self, LockError::SessionLost { .. })
     }
+
+    /// True when trying the same call again, on the same client, may succeed: the cause may
+    /// pass by itself. A retry loop (with backoff) needs no other predicate.
+    ///
+    /// | error | retryable | why |
+    /// |---|---|---|
+    /// | [`Unavailable`](LockError::Unavailable) | yes | the backend did not answer in time or the connection broke; it may come back |
+    /// | [`LockLost`](LockError::LockLost) with [`Deleted`](LossReason::Deleted) or [`Unknown`](LossReason::Unknown) | yes | the hold ended but the session lives on: taking the lock again may succeed |
+    /// | [`LockLost`](LockError::LockLost) with [`Expired`](LossReason::Expired), [`Closed`](LossReason::Closed) or [`Revoked`](LossReason::Revoked) | no | the session ended with the hold; see below |
+    /// | [`SessionLost`](LockError::SessionLost) | no | the session is gone for good: every later call on this client fails the same way; open a new client (see [`is_session_lost`](Self::is_session_lost)) |
+    /// | [`InvalidName`](LockError::InvalidName) | no | the name breaks a rule; fix the name |
+    /// | [`InvalidConfig`](LockError::InvalidConfig) | no | fix the configuration |
+    /// | [`InvalidLimit`](LockError::InvalidLimit) | no | fix the limit |
+    /// | [`LimitMismatch`](LockError::LimitMismatch) | no | every user of the name must pass the same limit; fix the caller |
+    /// | [`Backend`](LockError::Backend) | no | the backend refused (authentication, permissions, a bad request): retrying sends the same request |
+    ///
+    /// A session that ended is not retryable on its client, but a new client may succeed:
+    /// code that reconnects treats [`is_session_lost`](Self::is_session_lost) (and a
+    /// [`LockLost`](LockError::LockLost) whose session ended) as "reconnect, then retry".
+    ///
+    /// ```
+    /// use locksmith_api::{LockError, LossReason};
+    ///
+    /// let lost = LockError::LockLost { name: "jobs".into(), reason: LossReason::Deleted };
+    /// assert!(lost.is_retryable()); // the session lives on: lock again
+    /// assert!(!LockError::config("no endpoints").is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LockError::Unavailable { .. } => true,
+            LockError::LockLost { reason, .. } => match reason {
+                LossReason::Deleted | LossReason::Unknown => true,
+                LossReason::Expired | LossReason::Closed | LossReason::Revoked => false,
+            },
+            LockError::SessionLost { .. }
+            | LockError::InvalidName { .. }
+            | LockError::InvalidConfig { .. }
+            | LockError::InvalidLimit { .. }
+            | LockError::LimitMismatch { .. }
+            | LockError::Backend { .. } => false,
+        }
+    }
 }
 
 /// Why a session or a hold ended.
@@ -218,5 +260,103 @@ impl std::fmt::Display for LossReason {
             LossReason::Deleted => "hold deleted",
             LossReason::Unknown => "ownership unknown",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock_lost(reason: LossReason) -> LockError {
+        LockError::LockLost {
+            name: "jobs".into(),
+            reason,
+        }
+    }
+
+    #[test]
+    fn unavailable_is_retryable() {
+        let err = LockError::Unavailable {
+            backend: "etcd",
+            endpoint: "127.0.0.1:2379".into(),
+            after: Some(Duration::from_secs(5)),
+            source: "connection refused".into(),
+        };
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn lock_lost_while_the_session_lives_is_retryable() {
+        assert!(lock_lost(LossReason::Deleted).is_retryable());
+        assert!(lock_lost(LossReason::Unknown).is_retryable());
+    }
+
+    #[test]
+    fn lock_lost_with_its_session_is_not_retryable() {
+        for reason in [LossReason::Expired, LossReason::Closed, LossReason::Revoked] {
+            assert!(!lock_lost(reason).is_retryable(), "{reason}");
+        }
+    }
+
+    #[test]
+    fn session_lost_is_not_retryable() {
+        let err = LockError::SessionLost {
+            session: "2a".into(),
+            reason: LossReason::Expired,
+        };
+        assert!(!err.is_retryable());
+        assert!(err.is_session_lost());
+    }
+
+    #[test]
+    fn invalid_name_is_not_retryable() {
+        let err = crate::validate_name("").unwrap_err();
+        assert!(matches!(err, LockError::InvalidName { .. }));
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn invalid_config_is_not_retryable() {
+        assert!(!LockError::config("no endpoint").is_retryable());
+        assert!(!LockError::config_with("bad TOML", "expected `=`").is_retryable());
+    }
+
+    #[test]
+    fn invalid_limit_is_not_retryable() {
+        let err = crate::validate_limit("exports", 0).unwrap_err();
+        assert!(matches!(err, LockError::InvalidLimit { .. }));
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn limit_mismatch_is_not_retryable() {
+        let err = LockError::LimitMismatch {
+            name: "exports".into(),
+            limit: 3,
+            in_use: 2,
+        };
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn backend_refusal_is_not_retryable() {
+        let err = LockError::Backend {
+            backend: "etcd",
+            operation: "grant a lease".into(),
+            source: "authentication failed".into(),
+        };
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn a_duplicate_is_as_retryable_as_its_original() {
+        let original = LockError::Unavailable {
+            backend: "etcd",
+            endpoint: "127.0.0.1:2379".into(),
+            after: None,
+            source: "reset".into(),
+        };
+        assert!(original.duplicate().is_retryable());
+        assert!(!lock_lost(LossReason::Closed).duplicate().is_retryable());
     }
 }

@@ -273,6 +273,33 @@ impl LockGuard {
 
     /// Completes when ownership ends (session expired, closed or revoked, hold deleted).
     ///
+    /// # Examples
+    /// Stop the work when the lock goes (here: its session expires, as after a long pause):
+    /// ```
+    /// use locksmith_api::{DistributedLock, LossReason};
+    /// use locksmith_memory::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), locksmith_api::LockError> {
+    /// let store = MemoryStore::new();
+    /// let session = store.connect()?;
+    /// let guard = session.lock("reports/nightly").await?;
+    ///
+    /// let work = async {
+    ///     session.expire(); // fault injection of the memory backend
+    ///     std::future::pending::<()>().await // work that would run on
+    /// };
+    /// tokio::select! {
+    ///     () = work => unreachable!(),
+    ///     reason = guard.lost() => assert_eq!(reason, LossReason::Expired),
+    /// }
+    /// assert!(guard.is_lost());
+    /// # Ok(())
+    /// # }
+    /// ```
+    /// [`DistributedLockExt::with_lock`](crate::DistributedLockExt::with_lock) does this for
+    /// you.
+    ///
     /// # Cancel safety
     /// Cancel-safe: it only watches; dropping it changes nothing.
     pub async fn lost(&self) -> LossReason {
@@ -280,6 +307,31 @@ impl LockGuard {
     }
 
     /// Releases the lock and waits until the backend has recorded it.
+    ///
+    /// # Examples
+    /// ```
+    /// use locksmith_api::{DistributedLock, LockError, LossReason};
+    /// use locksmith_memory::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), LockError> {
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (store.connect()?, store.connect()?);
+    ///
+    /// let guard = a.lock("exports").await?;
+    /// guard.unlock().await?; // released and confirmed
+    /// assert!(b.try_lock("exports").await?.is_some());
+    ///
+    /// // A guard that lost its lock says so instead of releasing someone else's.
+    /// let guard = a.lock("exports").await?;
+    /// store.revoke("exports"); // an operator deletes the hold
+    /// match guard.unlock().await {
+    ///     Err(LockError::LockLost { reason, .. }) => assert_eq!(reason, LossReason::Deleted),
+    ///     other => panic!("unlock gave {other:?}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`LockError::LockLost`] when ownership had already ended (the lock may be someone

@@ -9,19 +9,17 @@
 //! generic over lock providers, needs.
 //!
 //! ```
-//! use locksmith_api::{DistributedLock, LockError};
+//! use locksmith_api::{DistributedLock, DistributedLockExt, LockError};
 //!
-//! /// Runs `job` while holding the lock `name`, on any backend.
-//! async fn exclusively<L: DistributedLock + ?Sized>(
-//!     locks: &L,
-//!     name: &str,
-//!     job: impl std::future::Future<Output = ()>,
-//! ) -> Result<(), LockError> {
-//!     let guard = locks.lock(name).await?;
-//!     tokio::select! {
-//!         () = job => guard.unlock().await,
-//!         reason = guard.lost() => Err(LockError::LockLost { name: name.into(), reason }),
-//!     }
+//! /// Writes the nightly report while holding its lock, on any backend: the work stops
+//! /// with `LockLost` if the lock goes first.
+//! async fn nightly_report<L: DistributedLock + ?Sized>(locks: &L) -> Result<usize, LockError> {
+//!     locks
+//!         .with_lock("reports/nightly", async {
+//!             // … the work; its output is returned once the lock is released.
+//!             42
+//!         })
+//!         .await
 //! }
 //!
 //! // Bad names are refused before any backend is involved.
@@ -32,16 +30,170 @@
 //! # Writing a backend
 //! Implement [`DistributedLock`] for a client session: validate names with
 //! [`validate_name`], return a [`LockGuard`] built from a [`Hold`] (how to release) and a
-//! [`LostWatch`] (how the guard learns of a loss), and run the
-//! `conformance` suite (feature `conformance`) from your tests. For leader election, build a [`Leadership`] from such
-//! a guard and a [`Proclaim`], and serve observers from a [`LeaderFeed`] per observed name.
-#![warn(missing_docs)]
+//! [`LostWatch`] (how the guard learns of a loss), and run the `conformance` suite (feature
+//! `conformance`) from your tests. A [`LockTable`] keeps the FIFO queues and fencing tokens,
+//! whether it is the whole store (an in-process backend) or serializes one session's own tasks
+//! (as the etcd backend's does). For leader election, build a [`Leadership`] from such a guard
+//! and a [`Proclaim`], and serve observers from a [`LeaderFeed`] per observed name.
+//!
+//! A whole backend, for the sessions of one process, checked by conformance cases:
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::Arc;
+//!
+//! use locksmith_api::{
+//!     async_trait, validate_name, DistributedLock, Hold, LockError, LockGuard, LockTable,
+//!     LossReason, LostSignal, LostWatch, Ticket,
+//! };
+//! use tokio::sync::watch;
+//!
+//! /// What the table keeps per holder and waiter: its session, and the loss signal of its
+//! /// guard.
+//! #[derive(Clone)]
+//! struct Entry {
+//!     session: u64,
+//!     lost: LostSignal,
+//! }
+//!
+//! /// One client session on a shared table.
+//! struct LocalLock {
+//!     table: Arc<LockTable<Entry>>,
+//!     id: u64,
+//!     closed: watch::Sender<bool>,
+//! }
+//!
+//! /// How a guard gives its lock up: the table entry goes, the next waiter holds.
+//! struct LocalHold(Ticket<Entry>);
+//!
+//! #[async_trait]
+//! impl Hold for LocalHold {
+//!     async fn release(self: Box<Self>) -> Result<(), LockError> {
+//!         // A hold evicted by `end` has marked its loss, which `unlock` reports first.
+//!         self.0.release();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl LocalLock {
+//!     fn ended(&self) -> LockError {
+//!         let session = self.id.to_string();
+//!         LockError::SessionLost { session, reason: LossReason::Closed }
+//!     }
+//!
+//!     /// A table entry of this session, and the watch its guard will have.
+//!     fn entry(&self) -> Result<(Entry, LostWatch), LockError> {
+//!         if *self.closed.borrow() {
+//!             return Err(self.ended());
+//!         }
+//!         let (lost, watch) = LostSignal::new();
+//!         Ok((Entry { session: self.id, lost }, watch))
+//!     }
+//!
+//!     fn guard(&self, ticket: Ticket<Entry>, lost: LostWatch) -> LockGuard {
+//!         let (name, token) = (ticket.name().to_owned(), ticket.token());
+//!         let key = format!("{name}/{:x}", self.id);
+//!         LockGuard::new(name, key, token, lost, Box::new(LocalHold(ticket)))
+//!     }
+//!
+//!     /// Ends the session: its guards learn of the loss, its waiters fail.
+//!     fn end(&self) {
+//!         self.closed.send_replace(true);
+//!         self.table.evict_where(
+//!             |entry| entry.session == self.id,
+//!             |_name, entry| {
+//!                 entry.lost.mark(LossReason::Closed);
+//!             },
+//!             || self.ended(),
+//!         );
+//!     }
+//! }
+//!
+//! #[async_trait]
+//! impl DistributedLock for LocalLock {
+//!     async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
+//!         validate_name(name)?;
+//!         let (entry, lost) = self.entry()?;
+//!         let mut closed = self.closed.subscribe();
+//!         // Dropping the losing branch's `acquire` withdraws it from the queue.
+//!         tokio::select! {
+//!             ticket = self.table.acquire(name, entry) => Ok(self.guard(ticket?, lost)),
+//!             _ = closed.wait_for(|closed| *closed) => Err(self.ended()),
+//!         }
+//!     }
+//!
+//!     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
+//!         validate_name(name)?;
+//!         let (entry, lost) = self.entry()?;
+//!         let ticket = self.table.try_acquire(name, entry);
+//!         Ok(ticket.map(|ticket| self.guard(ticket, lost)))
+//!     }
+//!
+//!     async fn close(&self) -> Result<(), LockError> {
+//!         self.end();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl Drop for LocalLock {
+//!     fn drop(&mut self) {
+//!         self.end(); // dropping the client ends its session
+//!     }
+//! }
+//! # #[cfg(feature = "conformance")]
+//! # mod check {
+//! # use super::*;
+//!
+//! // The conformance suite opens sessions through a factory (in your tests).
+//! use locksmith_api::conformance::{self, SessionFactory};
+//!
+//! struct Sessions {
+//!     table: Arc<LockTable<Entry>>,
+//!     next_id: AtomicU64,
+//! }
+//!
+//! #[async_trait]
+//! impl SessionFactory for Sessions {
+//!     async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
+//!         Ok(Arc::new(LocalLock {
+//!             table: Arc::clone(&self.table),
+//!             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+//!             closed: watch::Sender::new(false),
+//!         }))
+//!     }
+//!
+//!     async fn queue_len(&self, name: &str) -> usize {
+//!         self.table.queue_len(name)
+//!     }
+//! }
+//!
+//! # pub async fn run() {
+//! let sessions = Sessions { table: LockTable::new(), next_id: AtomicU64::new(1) };
+//! conformance::mutual_exclusion_under_contention(&sessions).await;
+//! conformance::fifo_order_is_arrival_order(&sessions).await;
+//! conformance::cancelled_waiter_does_not_block_queue(&sessions).await;
+//! conformance::session_close_releases_and_fails_waiters(&sessions).await;
+//! conformance::dropping_client_releases_holds(&sessions).await;
+//! conformance::fencing_tokens_increase_across_holders(&sessions).await;
+//! // In a test file, `locksmith_api::conformance_tests!(Sessions { … })` writes one
+//! // `#[tokio::test]` per case instead.
+//! # }
+//! # }
+//! # #[tokio::main]
+//! # async fn main() {
+//! #     #[cfg(feature = "conformance")]
+//! #     check::run().await;
+//! # }
+//! ```
+#![warn(missing_docs, missing_debug_implementations)]
 
 mod election;
 mod error;
+mod ext;
 mod fencing;
 mod guard;
 mod name;
+mod pointer;
 mod queue;
 mod shared;
 pub mod table;
@@ -55,6 +207,7 @@ pub use election::{
     Proclaim,
 };
 pub use error::{BoxError, LockError, LossReason};
+pub use ext::DistributedLockExt;
 pub use fencing::FencingToken;
 pub use guard::{Hold, LockGuard, LostSignal, LostWatch};
 pub use name::{validate_name, MAX_NAME_LEN};
@@ -70,7 +223,10 @@ pub use table::{Claim, Family, LockTable, Ticket};
 /// session exclude each other too: the lock is not reentrant.
 ///
 /// Use it as `&dyn DistributedLock`, `Arc<dyn DistributedLock>` or a generic
-/// `L: DistributedLock`.
+/// `L: DistributedLock`: it is implemented for `&T`, `Box<T>` and `Arc<T>` of every session
+/// type `T` (also `dyn`), as are [`LeaderElection`], [`DistributedRwLock`] and
+/// [`DistributedSemaphore`]. [`DistributedLockExt`] adds
+/// [`with_lock`](DistributedLockExt::with_lock) to every session.
 ///
 /// # Fairness
 /// Waiters on a name are served in the order they arrived (FIFO), without polling.
@@ -87,6 +243,37 @@ pub use table::{Claim, Family, LockTable, Ticket};
 pub trait DistributedLock: Send + Sync {
     /// Waits until the lock `name` is ours, in FIFO order.
     ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use locksmith_api::DistributedLock;
+    /// use locksmith_memory::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), locksmith_api::LockError> {
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (store.connect()?, store.connect()?);
+    ///
+    /// let guard = a.lock("billing/close-month").await?;
+    /// let first = guard.fencing_token();
+    ///
+    /// // A deadline on the wait: the timed-out waiter leaves the queue.
+    /// let wait = tokio::time::timeout(Duration::from_millis(10), b.lock("billing/close-month"));
+    /// assert!(wait.await.is_err());
+    ///
+    /// // b waits behind a until a unlocks, then holds with a greater token.
+    /// let waiting = tokio::spawn(async move { b.lock("billing/close-month").await });
+    /// while store.queue_len("billing/close-month") < 2 {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// guard.unlock().await?;
+    /// let next = waiting.await.expect("the waiter task")?;
+    /// assert!(next.fencing_token() > first);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`LockError::InvalidName`] for a bad name, [`LockError::SessionLost`] when the session
     /// ends before or while waiting, a backend error when the backend cannot be reached.
@@ -98,6 +285,30 @@ pub trait DistributedLock: Send + Sync {
 
     /// Takes the lock `name` if nobody holds it; `Ok(None)` when another owner (or another
     /// task of this session) holds it. Never waits behind the queue.
+    ///
+    /// # Examples
+    /// ```
+    /// use locksmith_api::DistributedLock;
+    /// use locksmith_memory::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), locksmith_api::LockError> {
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (store.connect()?, store.connect()?);
+    ///
+    /// match a.try_lock("cache/rebuild").await? {
+    ///     Some(guard) => {
+    ///         // Ours: b cannot have it, not even from its own session twice.
+    ///         assert!(b.try_lock("cache/rebuild").await?.is_none());
+    ///         assert!(a.try_lock("cache/rebuild").await?.is_none());
+    ///         guard.unlock().await?;
+    ///     }
+    ///     None => unreachable!("nobody else holds it"),
+    /// }
+    /// assert!(b.try_lock("cache/rebuild").await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// As [`lock`](DistributedLock::lock).

@@ -648,6 +648,15 @@ impl<T: Clone + Send + 'static> Drop for Ticket<T> {
     }
 }
 
+/// Takes the table's lock for a moment: not for use inside a [`HolderHook`].
+impl<T: Clone + Send + 'static> fmt::Debug for LockTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockTable")
+            .field("active_names", &self.active_names())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T: Clone + Send + 'static> fmt::Debug for Ticket<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ticket")
