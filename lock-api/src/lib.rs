@@ -41,6 +41,7 @@ mod election;
 mod error;
 mod fencing;
 mod guard;
+pub mod instrument;
 mod name;
 mod shared;
 pub mod table;
