@@ -526,6 +526,59 @@ impl Hold for Vacant {
     }
 }
 
+/// Describes every metric of the table above to the installed recorder (units and help text,
+/// as Prometheus `# HELP` lines); call it once after installing one.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "locksmith_acquisitions_total",
+        "Acquisitions by backend, kind and outcome (acquired, busy, failed, cancelled)."
+    );
+    describe_counter!(
+        "locksmith_acquisition_failures_total",
+        "Failed acquisitions by backend, kind and error."
+    );
+    describe_histogram!(
+        "locksmith_wait_seconds",
+        Unit::Seconds,
+        "Time from an acquisition's call to its outcome."
+    );
+    describe_histogram!(
+        "locksmith_hold_seconds",
+        Unit::Seconds,
+        "Time from a grant to its end (released, dropped, lost)."
+    );
+    describe_counter!("locksmith_losses_total", "Holds lost, by reason.");
+    describe_gauge!(
+        "locksmith_waiters",
+        "Acquisitions of a session waiting now."
+    );
+    describe_gauge!(
+        "locksmith_holds",
+        "Guards and leaderships of a session held now."
+    );
+    describe_counter!("locksmith_sessions_started_total", "Sessions opened.");
+    describe_counter!(
+        "locksmith_sessions_ended_total",
+        "Sessions ended, by reason."
+    );
+    describe_counter!(
+        "locksmith_retries_total",
+        "Backend calls retried after a transient failure or a timeout."
+    );
+    describe_counter!(
+        "locksmith_watch_stream_resets_total",
+        "Watch streams given up and reopened, by cause."
+    );
+    describe_histogram!(
+        "locksmith_keepalive_seconds",
+        Unit::Seconds,
+        "Time from sending a lease keepalive to its reply."
+    );
+}
+
 /// Records that an etcd call (`operation`) failed or timed out and is retried.
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 pub fn retried(backend: &'static str, operation: &str) {
