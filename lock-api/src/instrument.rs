@@ -35,7 +35,7 @@
 //!
 //! `kind` is the [`AcquireKind`] (`lock`, `try_lock`, `campaign`, `read`, `try_read`,
 //! `write`, `try_write`, `acquire`, `try_acquire`), `backend` `memory` or `etcd`, `session`
-//! the session id as in [`LockError::SessionLost`] (the etcd lease id in hex). Lock names are
+//! the session id in hex (on etcd the lease id, as in the keys). Lock names are
 //! never labels (unbounded); they are in the spans and events. The two gauges keep a series
 //! per session that ever ran: recorders with an idle timeout drop those of ended sessions.
 //!
