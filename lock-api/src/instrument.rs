@@ -616,3 +616,116 @@ pub fn keepalive_latency(backend: &'static str, latency: Duration) {
     metrics::histogram!("locksmith_keepalive_seconds", "backend" => backend)
         .record(latency.as_secs_f64());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FencingToken, LostSignal};
+
+    /// What a fmt subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Log(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn acquisitions_are_spans_and_losses_warnings() {
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(Level::DEBUG)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let (ended, ended_watch) = LostSignal::new();
+        let telemetry = SessionTelemetry::start("test", "2a", &ended_watch);
+        let (lost, watch) = LostSignal::new();
+        let granted = async {
+            let token = FencingToken::new(7);
+            Ok(LockGuard::new(
+                "jobs/a",
+                "jobs/a/2a",
+                token,
+                watch,
+                Box::new(Vacant),
+            ))
+        };
+        let guard = telemetry
+            .acquire(AcquireKind::Lock, "jobs/a", granted)
+            .await;
+        let guard = guard.unwrap();
+        lost.mark(LossReason::Deleted);
+        drop(guard);
+        let busy = async { Ok(None) };
+        let none = telemetry
+            .acquire(AcquireKind::TryLock, "jobs/a", busy)
+            .await;
+        assert!(none.unwrap().is_none());
+        let refused = async { Err::<LockGuard, _>(LockError::config("no")) };
+        assert!(telemetry
+            .acquire(AcquireKind::Read, "r", refused)
+            .await
+            .is_err());
+        ended.mark(LossReason::Expired);
+
+        let text = String::from_utf8(log.0.lock().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let has = |level: &str, parts: &[&str]| {
+            lines
+                .iter()
+                .any(|line| line.contains(level) && parts.iter().all(|p| line.contains(p)))
+        };
+        assert!(
+            has("DEBUG", &["locksmith session started", "session=2a"]),
+            "{text}"
+        );
+        let span = r#"locksmith.acquire{backend="test" kind="lock" name="jobs/a" session=2a"#;
+        assert!(
+            has(
+                "DEBUG",
+                &[span, "outcome=\"acquired\"", "fencing_token=7", "close"]
+            ),
+            "{text}"
+        );
+        assert!(
+            has(
+                "WARN",
+                &[
+                    "locksmith hold lost",
+                    "reason=hold deleted",
+                    "fencing_token=7"
+                ]
+            ),
+            "{text}"
+        );
+        assert!(
+            !has("DEBUG", &["locksmith hold ended"]),
+            "a lost hold ends once: {text}"
+        );
+        assert!(
+            has("DEBUG", &[r#"kind="try_lock""#, r#"outcome="busy""#]),
+            "{text}"
+        );
+        assert!(
+            has("DEBUG", &[r#"outcome="failed""#, "error=invalid"]),
+            "{text}"
+        );
+        assert!(
+            has("WARN", &["locksmith session ended", "session expired"]),
+            "{text}"
+        );
+        assert!(!lines.iter().any(|line| line.contains(" INFO ")), "{text}");
+    }
+}
