@@ -44,6 +44,7 @@
 //! | `etcd` | yes | [`EtcdLock`], [`EtcdConfig`], `etcd://` (from `locksmith-etcd`; its build runs `protoc`) |
 //! | `cli` | yes | the `locksmith` binary |
 //! | `etcd-testing` | no | the real-etcd test harness `locksmith_etcd::testing` |
+//! | `metrics` | no | metrics through the `metrics` facade: names, types and labels in [`instrument`] |
 //!
 //! `locksmith = { version = "0.1", default-features = false, features = ["memory"] }` builds
 //! without protoc and without the gRPC stack. A configuration naming a backend that was left
@@ -70,6 +71,9 @@ pub use locksmith_etcd::{etcd_client, EtcdConfig, EtcdLock, EtcdTls};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use locksmith_memory::{MemoryLock, MemoryStore};
+
+/// Tracing spans and events, and (feature `metrics`) the metrics table.
+pub use locksmith_api::instrument;
 
 /// The backend-side vocabulary, for writing a backend of your own.
 pub mod backend {

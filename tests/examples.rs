@@ -281,3 +281,60 @@ fn etcd_bench_rw_and_semaphore_modes_print_their_distributions() {
         "{out:?}"
     );
 }
+
+/// A free loopback port for an example's listener.
+#[cfg(feature = "metrics")]
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The value of the first sample line starting with `series`.
+#[cfg(feature = "metrics")]
+fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
+}
+
+/// Three memory clients for 2 s: the scrape, fetched over HTTP from the example's listener,
+/// counts their acquisitions, waits and holds.
+#[cfg(feature = "metrics")]
+#[test]
+fn metrics_serves_a_prometheus_scrape_on_memory() {
+    let mut cmd = example("metrics");
+    cmd.args(["--secs", "2", "--listen", &free_port()]);
+    let scrape = run(cmd);
+    let acquired =
+        r#"locksmith_acquisitions_total{backend="memory",kind="lock",outcome="acquired"}"#;
+    assert!(sample(&scrape, acquired) >= 5.0, "{scrape}");
+    assert!(
+        sample(
+            &scrape,
+            r#"locksmith_sessions_started_total{backend="memory"}"#
+        ) == 3.0
+    );
+    assert!(
+        scrape.contains("# TYPE locksmith_wait_seconds histogram"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("# TYPE locksmith_holds gauge"), "{scrape}");
+    let held = r#"locksmith_hold_seconds_count{backend="memory",kind="lock",end="released"}"#;
+    assert!(sample(&scrape, held) >= 1.0, "{scrape}");
+}
+
+/// With `--etcd`, the etcd clients contend too and their keepalives are timed.
+#[cfg(feature = "metrics")]
+#[test]
+fn metrics_serves_etcd_metrics_with_etcd_url() {
+    let etcd = EtcdServer::start().unwrap();
+    let mut cmd = example("metrics");
+    let url = format!("etcd://{}/metrics-example/?ttl=2", etcd.endpoint());
+    cmd.args(["--secs", "2", "--listen", &free_port(), "--etcd", &url]);
+    let scrape = run(cmd);
+    let acquired = r#"locksmith_acquisitions_total{backend="etcd",kind="lock",outcome="acquired"}"#;
+    assert!(sample(&scrape, acquired) >= 1.0, "{scrape}");
+    let keepalives = r#"locksmith_keepalive_seconds_count{backend="etcd"}"#;
+    assert!(sample(&scrape, keepalives) >= 3.0, "{scrape}");
+}

@@ -506,6 +506,17 @@ enum Failure {
     Refused,
 }
 
+impl Failure {
+    /// The `cause` label of the reset metric.
+    fn label(&self) -> &'static str {
+        match self {
+            Failure::Broken => "broken",
+            Failure::Stalled => "stalled",
+            Failure::Refused => "refused",
+        }
+    }
+}
+
 /// The hub task's state.
 struct Hub {
     endpoints: Endpoints,
@@ -657,6 +668,7 @@ impl Hub {
     /// pause, through the next endpoint unless only the token was stale.
     async fn fail(&mut self, failure: Failure) {
         tracing::debug!(?failure, "etcd watch stream reset");
+        locksmith_api::instrument::watch_stream_reset("etcd", failure.label());
         self.live = None;
         self.opening = None;
         self.registry.reset();

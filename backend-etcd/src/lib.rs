@@ -98,6 +98,7 @@ pub mod testing;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use locksmith_api::instrument::AcquireKind;
 use locksmith_api::{
     DistributedLock, DistributedRwLock, DistributedSemaphore, LeaderElection, LeaderInfo,
     LeaderWatch, Leadership, LockError, LockGuard, Primitive, QueueInfo, QueueView,
@@ -198,11 +199,19 @@ impl DistributedLock for EtcdLock {
     /// A dropped future withdraws its key in the background, also when the put committed but
     /// its reply was lost; no later waiter is held up by it while the session lives.
     async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
-        mutex::lock(&self.session, name).await
+        let locking = mutex::lock(&self.session, name);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::Lock, name, locking)
+            .await
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        mutex::try_lock(&self.session, name).await
+        let trying = mutex::try_lock(&self.session, name);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::TryLock, name, trying)
+            .await
     }
 
     async fn close(&self) -> Result<(), LockError> {
@@ -220,7 +229,11 @@ impl LeaderElection for EtcdLock {
     /// A dropped future withdraws its key in the background, also when the put committed but
     /// its reply was lost.
     async fn campaign(&self, name: &str, value: &[u8]) -> Result<Leadership, LockError> {
-        election::campaign(&self.session, name, value).await
+        let campaigning = election::campaign(&self.session, name, value);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::Campaign, name, campaigning)
+            .await
     }
 
     /// The oldest direct child of `{namespace}{name}/`. Go's `Election.Leader` takes the
@@ -245,19 +258,35 @@ impl LeaderElection for EtcdLock {
 #[async_trait]
 impl DistributedRwLock for EtcdLock {
     async fn read(&self, name: &str) -> Result<LockGuard, LockError> {
-        rwlock::acquire(&self.session, name, rwlock::Side::Read).await
+        let reading = rwlock::acquire(&self.session, name, rwlock::Side::Read);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::Read, name, reading)
+            .await
     }
 
     async fn try_read(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        rwlock::try_acquire(&self.session, name, rwlock::Side::Read).await
+        let trying = rwlock::try_acquire(&self.session, name, rwlock::Side::Read);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::TryRead, name, trying)
+            .await
     }
 
     async fn write(&self, name: &str) -> Result<LockGuard, LockError> {
-        rwlock::acquire(&self.session, name, rwlock::Side::Write).await
+        let writing = rwlock::acquire(&self.session, name, rwlock::Side::Write);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::Write, name, writing)
+            .await
     }
 
     async fn try_write(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        rwlock::try_acquire(&self.session, name, rwlock::Side::Write).await
+        let trying = rwlock::try_acquire(&self.session, name, rwlock::Side::Write);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::TryWrite, name, trying)
+            .await
     }
 }
 
@@ -270,11 +299,19 @@ impl DistributedRwLock for EtcdLock {
 #[async_trait]
 impl DistributedSemaphore for EtcdLock {
     async fn acquire(&self, name: &str, limit: u32) -> Result<LockGuard, LockError> {
-        semaphore::acquire(&self.session, name, limit).await
+        let acquiring = semaphore::acquire(&self.session, name, limit);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::Acquire, name, acquiring)
+            .await
     }
 
     async fn try_acquire(&self, name: &str, limit: u32) -> Result<Option<LockGuard>, LockError> {
-        semaphore::try_acquire(&self.session, name, limit).await
+        let trying = semaphore::try_acquire(&self.session, name, limit);
+        self.session
+            .telemetry
+            .acquire(AcquireKind::TryAcquire, name, trying)
+            .await
     }
 }
 

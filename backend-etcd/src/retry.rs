@@ -157,10 +157,14 @@ where
                 ErrorKind::Permanent => return Err(from_etcd(err, &link.endpoints, operation)),
                 ErrorKind::Transient => {
                     tracing::debug!(%err, operation, "etcd call failed; retrying");
+                    locksmith_api::instrument::retried("etcd", operation);
                     refresh_if_stale(link, &err).await;
                 }
             },
-            None => tracing::debug!(operation, "etcd call timed out; retrying"),
+            None => {
+                tracing::debug!(operation, "etcd call timed out; retrying");
+                locksmith_api::instrument::retried("etcd", operation);
+            }
         }
         backoff.wait(link).await?;
     }
@@ -256,6 +260,7 @@ where
                     refusals.refused(kind);
                 }
                 tracing::warn!(%err, operation, "etcd cleanup failed; retrying");
+                locksmith_api::instrument::retried("etcd", operation);
                 refresh_if_stale(link, &err).await;
                 err.to_string()
             }
@@ -263,6 +268,7 @@ where
                 maybe_applied_before = true;
                 refusals.interrupted();
                 tracing::debug!(operation, "etcd cleanup timed out; retrying");
+                locksmith_api::instrument::retried("etcd", operation);
                 "no answer in time".to_owned()
             }
         };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper};
+use locksmith_api::instrument::{self, SessionTelemetry};
 use locksmith_api::{LockError, LockTable, LossReason, LostSignal, LostWatch};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
@@ -32,6 +33,8 @@ pub(crate) struct Session {
     pub(crate) unsure: Arc<UnsurePuts>,
     /// The leader feeds of the names this session observes (see `election.rs`).
     pub(crate) observed: Arc<Observed>,
+    /// Spans and metrics of the session's acquisitions.
+    pub(crate) telemetry: SessionTelemetry,
 }
 
 /// The client, the lease and the session's end signal: what a hold needs to release itself
@@ -127,6 +130,7 @@ impl Session {
             }
         };
         let (ended, ended_watch) = LostSignal::new();
+        let telemetry = SessionTelemetry::start("etcd", format!("{lease_id:x}"), &ended_watch);
         let link = Arc::new(Link {
             watches: WatchHub::start(client.clone(), config, &runtime),
             client,
@@ -145,6 +149,7 @@ impl Session {
             local: LockTable::new(),
             unsure: Arc::default(),
             observed: Arc::default(),
+            telemetry,
         }))
     }
 
@@ -366,6 +371,7 @@ impl KeepAlive {
         match opened {
             Ok(Ok((keeper, stream))) => {
                 link.extend_lease_deadline(sent_at + link.ttl);
+                instrument::keepalive_latency("etcd", sent_at.elapsed());
                 Ok(OpenStream {
                     keeper,
                     replies: stream,
@@ -423,6 +429,7 @@ impl KeepAlive {
                         let granted = Duration::from_secs(reply.ttl().unsigned_abs());
                         if let Some(sent_at) = unanswered.pop_front() {
                             link.extend_lease_deadline(sent_at + granted);
+                            instrument::keepalive_latency("etcd", sent_at.elapsed());
                         }
                     }
                     Ok(Some(_)) => return StreamEnd::LeaseGone,

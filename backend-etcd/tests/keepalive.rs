@@ -62,3 +62,65 @@ async fn stalled_follower_expires_no_session() {
         drop(session);
     }
 }
+
+/// With the `metrics` feature, a session of TTL 2 s that runs 3 s has recorded its keepalive
+/// round trips (a refresh every TTL/3), and its lock the etcd acquisition metrics.
+#[cfg(feature = "metrics")]
+#[test]
+fn keepalive_latency_is_recorded() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // One thread: the thread-local recorder sees the keepalive task too.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = locksmith_etcd::testing::EtcdServer::start().unwrap();
+    runtime.block_on(async {
+        let config = EtcdConfig {
+            ttl_secs: 2,
+            ..EtcdConfig::new([server.endpoint()])
+        };
+        let session = tokio::time::timeout(GUARD, EtcdLock::connect(&config))
+            .await
+            .unwrap()
+            .unwrap();
+        let guard = session.lock("metrics").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        guard.unlock().await.unwrap();
+        session.close().await.unwrap();
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let find = |name: &str, label: Option<(&str, &str)>| {
+        snapshot
+            .iter()
+            .find(|(key, ..)| {
+                key.key().name() == name
+                    && label.is_none_or(|(k, v)| {
+                        key.key().labels().any(|l| l.key() == k && l.value() == v)
+                    })
+            })
+            .map(|(.., value)| value)
+    };
+    match find("locksmith_keepalive_seconds", Some(("backend", "etcd"))) {
+        Some(DebugValue::Histogram(samples)) => {
+            assert!(samples.len() >= 3, "{samples:?}");
+            assert!(samples.iter().all(|s| s.into_inner() < 1.0), "{samples:?}");
+        }
+        other => panic!("no keepalive histogram: {other:?}"),
+    }
+    assert!(matches!(
+        find(
+            "locksmith_acquisitions_total",
+            Some(("outcome", "acquired"))
+        ),
+        Some(DebugValue::Counter(1))
+    ));
+    assert!(matches!(
+        find("locksmith_sessions_ended_total", Some(("reason", "closed"))),
+        Some(DebugValue::Counter(1))
+    ));
+}

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use locksmith_api::instrument::AcquireKind;
 use locksmith_api::{
     validate_name, Claim, LeaderElection, LeaderInfo, LeaderWatch, Leadership, LockError,
     LossReason, LostWatch, Proclaim,
@@ -50,6 +51,25 @@ impl Proclaim for MemoryProclaim {
     }
 }
 
+impl MemoryLock {
+    /// Queues a candidate carrying `value` in the name's lock queue and waits for its turn.
+    async fn enter_campaign(&self, name: &str, value: &[u8]) -> Result<Leadership, LockError> {
+        validate_name(name)?;
+        self.check_alive()?;
+        let candidate = Candidate::new(value);
+        let (tag, watch) = self.tag(Some(Arc::clone(&candidate)));
+        let ticket = self.enqueue(Claim::Lock, name, &tag).await?;
+        let proclaimer = MemoryProclaim {
+            store: self.store().clone(),
+            name: Arc::clone(ticket.shared_name()),
+            candidate,
+            lost: watch.clone(),
+        };
+        let guard = self.guard(ticket, tag, watch);
+        Ok(Leadership::new(guard, value, Box::new(proclaimer)))
+    }
+}
+
 /// Leader election on the memory store, with the semantics of the etcd backend.
 ///
 /// A campaign is an entry of the name's lock queue: campaigns and locks of one name are
@@ -65,19 +85,10 @@ impl Proclaim for MemoryProclaim {
 #[async_trait]
 impl LeaderElection for MemoryLock {
     async fn campaign(&self, name: &str, value: &[u8]) -> Result<Leadership, LockError> {
-        validate_name(name)?;
-        self.check_alive()?;
-        let candidate = Candidate::new(value);
-        let (tag, watch) = self.tag(Some(Arc::clone(&candidate)));
-        let ticket = self.enqueue(Claim::Lock, name, &tag).await?;
-        let proclaimer = MemoryProclaim {
-            store: self.store().clone(),
-            name: Arc::clone(ticket.shared_name()),
-            candidate,
-            lost: watch.clone(),
-        };
-        let guard = self.guard(ticket, tag, watch);
-        Ok(Leadership::new(guard, value, Box::new(proclaimer)))
+        let campaigning = self.enter_campaign(name, value);
+        self.telemetry()
+            .acquire(AcquireKind::Campaign, name, campaigning)
+            .await
     }
 
     async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>, LockError> {

@@ -2,6 +2,7 @@
 //! queue.
 
 use async_trait::async_trait;
+use locksmith_api::instrument::AcquireKind;
 use locksmith_api::{Claim, DistributedLock, LockError, LockGuard, LossReason};
 
 use crate::session::MemoryLock;
@@ -9,11 +10,17 @@ use crate::session::MemoryLock;
 #[async_trait]
 impl DistributedLock for MemoryLock {
     async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
-        self.hold(Claim::Lock, name).await
+        let locking = self.hold(Claim::Lock, name);
+        self.telemetry()
+            .acquire(AcquireKind::Lock, name, locking)
+            .await
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        self.try_hold(Claim::Lock, name)
+        let trying = async { self.try_hold(Claim::Lock, name) };
+        self.telemetry()
+            .acquire(AcquireKind::TryLock, name, trying)
+            .await
     }
 
     async fn close(&self) -> Result<(), LockError> {

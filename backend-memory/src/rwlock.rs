@@ -3,6 +3,7 @@
 //! `name` and semaphore `name` (on etcd they use other keys).
 
 use async_trait::async_trait;
+use locksmith_api::instrument::AcquireKind;
 use locksmith_api::{Claim, DistributedRwLock, LockError, LockGuard};
 
 use crate::session::MemoryLock;
@@ -17,18 +18,30 @@ use crate::session::MemoryLock;
 #[async_trait]
 impl DistributedRwLock for MemoryLock {
     async fn read(&self, name: &str) -> Result<LockGuard, LockError> {
-        self.hold(Claim::Read, name).await
+        let reading = self.hold(Claim::Read, name);
+        self.telemetry()
+            .acquire(AcquireKind::Read, name, reading)
+            .await
     }
 
     async fn try_read(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        self.try_hold(Claim::Read, name)
+        let trying = async { self.try_hold(Claim::Read, name) };
+        self.telemetry()
+            .acquire(AcquireKind::TryRead, name, trying)
+            .await
     }
 
     async fn write(&self, name: &str) -> Result<LockGuard, LockError> {
-        self.hold(Claim::Write, name).await
+        let writing = self.hold(Claim::Write, name);
+        self.telemetry()
+            .acquire(AcquireKind::Write, name, writing)
+            .await
     }
 
     async fn try_write(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        self.try_hold(Claim::Write, name)
+        let trying = async { self.try_hold(Claim::Write, name) };
+        self.telemetry()
+            .acquire(AcquireKind::TryWrite, name, trying)
+            .await
     }
 }

@@ -2,6 +2,7 @@
 //! name's semaphore queue, which is independent of lock `name` and reader-writer lock `name`.
 
 use async_trait::async_trait;
+use locksmith_api::instrument::AcquireKind;
 use locksmith_api::{Claim, DistributedSemaphore, LockError, LockGuard};
 
 use crate::session::MemoryLock;
@@ -15,10 +16,16 @@ use crate::session::MemoryLock;
 #[async_trait]
 impl DistributedSemaphore for MemoryLock {
     async fn acquire(&self, name: &str, limit: u32) -> Result<LockGuard, LockError> {
-        self.hold(Claim::Permit { limit }, name).await
+        let acquiring = self.hold(Claim::Permit { limit }, name);
+        self.telemetry()
+            .acquire(AcquireKind::Acquire, name, acquiring)
+            .await
     }
 
     async fn try_acquire(&self, name: &str, limit: u32) -> Result<Option<LockGuard>, LockError> {
-        self.try_hold(Claim::Permit { limit }, name)
+        let trying = async { self.try_hold(Claim::Permit { limit }, name) };
+        self.telemetry()
+            .acquire(AcquireKind::TryAcquire, name, trying)
+            .await
     }
 }

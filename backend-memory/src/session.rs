@@ -3,6 +3,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use locksmith_api::instrument::SessionTelemetry;
 use locksmith_api::{
     validate_name, Claim, LockError, LockGuard, LossReason, LostSignal, LostWatch, Ticket,
 };
@@ -37,6 +38,8 @@ struct Session {
     ttl: Duration,
     ended: LostSignal,
     ended_watch: LostWatch,
+    /// Spans and metrics of the session's acquisitions.
+    telemetry: SessionTelemetry,
     keeper: mpsc::UnboundedSender<Duration>,
     /// The runtime the session was opened on, for its background tasks.
     runtime: tokio::runtime::Handle,
@@ -99,12 +102,14 @@ impl MemoryLock {
         })?;
         let (ended, ended_watch) = LostSignal::new();
         let (keeper, pauses) = mpsc::unbounded_channel();
+        let telemetry = SessionTelemetry::start("memory", format!("{id:x}"), &ended_watch);
         let session = Arc::new(Session {
             id,
             store,
             ttl,
             ended,
             ended_watch,
+            telemetry,
             keeper,
             runtime,
         });
@@ -122,6 +127,11 @@ impl MemoryLock {
     /// The session's TTL.
     pub fn ttl(&self) -> Duration {
         self.session.ttl
+    }
+
+    /// The tracing and metrics every acquisition of the session goes through.
+    pub(crate) fn telemetry(&self) -> &SessionTelemetry {
+        &self.session.telemetry
     }
 
     /// The store this session belongs to.

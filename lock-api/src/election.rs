@@ -186,6 +186,10 @@ impl Leadership {
         }
     }
 
+    pub(crate) fn guard_mut(&mut self) -> &mut LockGuard {
+        &mut self.guard
+    }
+
     /// The name led, as passed to `campaign`.
     pub fn name(&self) -> &str {
         self.guard.name()

@@ -185,6 +185,21 @@ impl LockError {
         }
     }
 
+    /// The `error` label of the failure metrics (see `instrument`).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            LockError::InvalidName { .. } => "invalid_name",
+            LockError::InvalidConfig { .. } => "invalid_config",
+            LockError::SessionLost { .. } => "session_lost",
+            LockError::InvalidLimit { .. } => "invalid_limit",
+            LockError::LimitMismatch { .. } => "limit_mismatch",
+            LockError::LockLost { .. } => "lock_lost",
+            LockError::Unavailable { .. } => "unavailable",
+            LockError::Backend { .. } => "backend",
+        }
+    }
+
     /// True for [`LockError::SessionLost`].
     pub fn is_session_lost(&self) -> bool {
         matches!(self, LockError::SessionLost { .. })
@@ -249,6 +264,20 @@ pub enum LossReason {
     Deleted,
     /// The backend could no longer tell whether the hold is still owned.
     Unknown,
+}
+
+impl LossReason {
+    /// The `reason` label of the loss metrics (see `instrument`).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            LossReason::Expired => "expired",
+            LossReason::Closed => "closed",
+            LossReason::Revoked => "revoked",
+            LossReason::Deleted => "deleted",
+            LossReason::Unknown => "unknown",
+        }
+    }
 }
 
 impl std::fmt::Display for LossReason {

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::instrument::{HoldProbe, LossObserver, ProbedHold, Vacant};
 use crate::{FencingToken, LockError, LossReason};
 
 /// What a backend implements for one acquired hold; [`LockGuard`] wraps it.
@@ -48,6 +49,8 @@ struct LossCell {
     signals: AtomicUsize,
     /// Wakes every [`LostWatch::wait`] once `reason` is set.
     notify: Notify,
+    /// Told of the mark, for tracing and metrics (see `instrument`).
+    observer: OnceLock<Arc<dyn LossObserver>>,
 }
 
 const OWNED: u8 = 0;
@@ -85,8 +88,25 @@ impl LossCell {
             .is_ok();
         if marked {
             self.notify.notify_waiters();
+            // Pairs with the fence in `observe`: one of the two sees the other's write.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if let Some(observer) = self.observer.get() {
+                observer.lost(reason);
+            }
         }
         marked
+    }
+
+    /// Tells `observer` of the mark, now if it was already made. It may be told twice when the
+    /// two race; observers ignore all but the first.
+    fn observe(&self, observer: Arc<dyn LossObserver>) {
+        if self.observer.set(observer).is_err() {
+            return;
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let (Some(reason), Some(observer)) = (self.reason(), self.observer.get()) {
+            observer.lost(reason);
+        }
     }
 }
 
@@ -97,6 +117,7 @@ impl LostSignal {
             reason: AtomicU8::new(OWNED),
             signals: AtomicUsize::new(1),
             notify: Notify::new(),
+            observer: OnceLock::new(),
         });
         (LostSignal(Arc::clone(&cell)), LostWatch(cell))
     }
@@ -142,6 +163,11 @@ impl LostWatch {
     /// The reason ownership ended, or `None` while it is held.
     pub fn reason(&self) -> Option<LossReason> {
         self.0.reason()
+    }
+
+    /// Has `observer` told of the mark (once set, the first observer stays).
+    pub(crate) fn observe(&self, observer: Arc<dyn LossObserver>) {
+        self.0.observe(observer);
     }
 
     /// Completes when ownership ends, with the reason.
@@ -244,6 +270,19 @@ impl LockGuard {
     /// The lock name, as passed to `lock`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+
+    /// Has `probe` record how this hold ends: its release or drop through the hold, its loss
+    /// through the loss signal.
+    pub(crate) fn probe(&mut self, probe: Arc<HoldProbe>) {
+        self.lost
+            .observe(Arc::clone(&probe) as Arc<dyn LossObserver>);
+        let inner = std::mem::replace(&mut self.hold, Box::new(Vacant));
+        self.hold = Box::new(ProbedHold { probe, inner });
     }
 
     /// The backend's key for this hold (on etcd `{namespace}{name}/{lease id in hex}`).

@@ -186,12 +186,14 @@
 //! # }
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod election;
 mod error;
 mod ext;
 mod fencing;
 mod guard;
+pub mod instrument;
 mod name;
 mod pointer;
 mod queue;
