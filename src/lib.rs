@@ -53,6 +53,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod blocking;
 pub mod config;
 
 pub use config::{LockConfig, MemoryConfig};

@@ -36,6 +36,7 @@
 //! `conformance` suite (feature `conformance`) from your tests. For leader election, build a [`Leadership`] from such
 //! a guard and a [`Proclaim`], and serve observers from a [`LeaderFeed`] per observed name.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod election;
 mod error;
@@ -46,6 +47,7 @@ mod shared;
 pub mod table;
 
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
 pub use async_trait::async_trait;
