@@ -1,7 +1,7 @@
 //! A blocking client, for synchronous programs: the async API run on a small runtime of its
 //! own.
 //!
-//! A [`Client`] is one client session, opened from a [`LockConfig`](crate::LockConfig) like
+//! A [`Client`] is one client session, opened from a [`LockConfig`] like
 //! [`LockConfig::connect`](crate::LockConfig::connect) opens one, together with a tokio runtime
 //! that the client owns (one worker thread, which keeps the session alive while the program
 //! does something else). Every method blocks the calling thread until the backend answers;
