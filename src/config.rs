@@ -127,7 +127,7 @@ pub struct MemoryConfig {
     /// The named process-wide store to use; `None` for the default one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
-    /// The session TTL in seconds (10 by default, as Go's `concurrency.Session`).
+    /// The session TTL in seconds (10 by default, as the etcd backend's and `etcdctl lock`'s).
     #[serde(default = "default_ttl_secs")]
     pub ttl_secs: u64,
 }
