@@ -211,3 +211,46 @@ fn campaign_read_write_and_acquire_block_and_release() {
         Err(LockError::LimitMismatch { .. })
     ));
 }
+
+/// On etcd the client's own runtime keeps the lease alive while the caller's thread does
+/// something else for longer than the TTL, and a dropped guard and client let go at once.
+#[cfg(feature = "etcd-testing")]
+#[test]
+fn etcd_session_lives_while_the_caller_blocks_elsewhere() {
+    use locksmith_etcd::testing::EtcdServer;
+
+    let etcd = EtcdServer::start().expect("etcd (run `make test`, which installs it)");
+    let config: LockConfig = format!("etcd://{}/blocking/?ttl=1", etcd.endpoint())
+        .parse()
+        .unwrap();
+    let (a, b) = (
+        Client::connect(&config).unwrap(),
+        Client::connect(&config).unwrap(),
+    );
+    let guard = a.lock("job").unwrap();
+    // Work that is not locksmith's, three TTLs long: only the keepalive keeps the lease.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(guard.lost_reason(), None);
+    assert!(b
+        .lock_timeout("job", Duration::from_millis(300))
+        .unwrap()
+        .is_none());
+    let token = guard.fencing_token();
+    drop(guard);
+    // A third session: `b`'s timed-out wait may still be withdrawing its key (a few ms), and
+    // until etcd has answered, `b` serializes its own try_lock of the name behind it.
+    let c = Client::connect(&config).unwrap();
+    let next = c.try_lock("job").unwrap().expect("released by the drop");
+    assert!(next.fencing_token() > token);
+    drop(next);
+
+    // A guard outlives its client handle; its drop, the session's last handle, releases.
+    let held = b.lock("job").unwrap();
+    let waiter = std::thread::spawn(move || a.lock_timeout("job", GUARD).unwrap().is_some());
+    let started = Instant::now();
+    drop(b);
+    assert!(!held.is_lost(), "a guard keeps its client's session");
+    drop(held);
+    assert!(waiter.join().unwrap());
+    assert!(started.elapsed() < GUARD);
+}
