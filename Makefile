@@ -1,7 +1,7 @@
 # locksmith: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: demo test deps fmt lint fresh-build unit doc chaos chaos-plain chaos-auth chaos-short bench
+.PHONY: demo test deps fmt lint features package fresh-build unit doc chaos chaos-plain chaos-auth chaos-short bench
 
 # The three-client demo on the embedded memory backend: builds only the memory backend, so it
 # needs no protoc and no etcd.
@@ -10,7 +10,7 @@ demo:
 
 # Everything CI runs: installs what is missing (protoc, etcd, etcdctl), then format, lints,
 # every test (real etcd included) and the doc tests.
-test: deps fmt lint fresh-build unit doc chaos-short
+test: deps fmt lint features fresh-build unit doc chaos-short
 
 deps:
 	bash scripts/install-deps.sh
@@ -20,6 +20,20 @@ fmt:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --all-features --no-deps
+
+# `cargo check` of every combination of the facade's features (read from `cargo metadata`),
+# each with every target it enables; a warning fails it too. About 70 s from cold on 2 cores
+# (24 combinations), a few seconds when nothing changed.
+features:
+	CARGO=$(CARGO) bash scripts/features.sh
+
+# Every crate as crates.io would get it, in dependency order: packaged, built from the
+# package alone, and (dry run) published. Unpublished workspace crates resolve through
+# cargo's local registry overlay (cargo >= 1.90). Needs a clean git tree, as a real publish.
+package:
+	$(CARGO) package --workspace
+	$(CARGO) publish --workspace --dry-run
 
 # What `make demo` builds on a machine with only the Rust toolchain: the memory-only facade
 # builds with protoc pointing nowhere, and its dependency tree has no gRPC stack. Its own

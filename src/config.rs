@@ -28,12 +28,14 @@ pub const URL_ENV: &str = "LOCKSMITH_URL";
 /// use locksmith::LockConfig;
 ///
 /// let from_url: LockConfig = "memory://billing?ttl=5".parse()?;
-/// let from_toml: LockConfig = toml::from_str(r#"
+/// # #[cfg(feature = "config-files")] {
+/// let from_toml = LockConfig::from_toml(r#"
 ///     backend = "memory"
 ///     store = "billing"
 ///     ttl_secs = 5
-/// "#).map_err(|e| locksmith::LockError::config_with("bad TOML", e))?;
+/// "#)?;
 /// assert_eq!(from_url, from_toml);
+/// # }
 /// # Ok::<(), locksmith::LockError>(())
 /// ```
 ///
@@ -53,12 +55,16 @@ pub const URL_ENV: &str = "LOCKSMITH_URL";
 /// is printed as `***`. Neither `Display`, `Debug` nor any error message shows a password:
 /// a message that quotes a URL quotes it [`redact_url`]ed.
 ///
+/// [`from_toml`](LockConfig::from_toml) and [`from_json`](LockConfig::from_json) need the
+/// `config-files` feature (on by default); without it, `LockConfig` still implements serde's
+/// traits for the parser of your choice.
+///
 /// In TOML: `backend = "etcd"`, `endpoints = ["127.0.0.1:2379"]`, `namespace`, `ttl_secs`,
 /// `connect_timeout_ms`, `user`, `password`, and a `[tls]` table with `ca`, `cert`, `key`.
 ///
 /// # Features
 /// [`LockConfig::Etcd`] exists only with the `etcd` feature, since it carries the etcd
-/// backend's [`EtcdConfig`](crate::EtcdConfig). Without it, an `etcd://` URL or a
+/// backend's [`EtcdConfig`]. Without it, an `etcd://` URL or a
 /// `backend = "etcd"` document is read as [`LockError::InvalidConfig`] ("built without the
 /// `etcd` feature"), so a program that reads configs compiles either way and says why at run
 /// time. [`LockConfig::Memory`] always exists; without the `memory` feature
@@ -121,7 +127,7 @@ pub struct MemoryConfig {
     /// The named process-wide store to use; `None` for the default one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
-    /// The session TTL in seconds (10 by default, as Go's `concurrency.Session`).
+    /// The session TTL in seconds (10 by default, as the etcd backend's and `etcdctl lock`'s).
     #[serde(default = "default_ttl_secs")]
     pub ttl_secs: u64,
 }
@@ -185,6 +191,8 @@ impl LockConfig {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] with the parser's message.
+    #[cfg(feature = "config-files")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "config-files")))]
     pub fn from_toml(text: &str) -> Result<LockConfig, LockError> {
         toml::from_str(text).map_err(|err| LockError::config_with("cannot read TOML config", err))
     }
@@ -193,6 +201,8 @@ impl LockConfig {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] with the parser's message.
+    #[cfg(feature = "config-files")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "config-files")))]
     pub fn from_json(text: &str) -> Result<LockConfig, LockError> {
         serde_json::from_str(text)
             .map_err(|err| LockError::config_with("cannot read JSON config", err))
@@ -206,6 +216,11 @@ impl LockConfig {
     ///
     /// # Cancel safety
     /// Cancel-safe: a session that was being opened is closed again.
+    // Built without a backend, `open` always fails and what follows it is unreachable.
+    #[cfg_attr(
+        not(any(feature = "memory", feature = "etcd")),
+        allow(unreachable_code)
+    )]
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>, LockError> {
         Ok(match self.open().await? {
             #[cfg(feature = "memory")]
@@ -239,6 +254,11 @@ impl LockConfig {
     ///
     /// # Cancel safety
     /// As [`connect`](Self::connect).
+    // Built without a backend, `open` always fails and what follows it is unreachable.
+    #[cfg_attr(
+        not(any(feature = "memory", feature = "etcd")),
+        allow(unreachable_code)
+    )]
     pub async fn connect_coordination(&self) -> Result<Arc<dyn Coordination>, LockError> {
         Ok(match self.open().await? {
             #[cfg(feature = "memory")]
@@ -372,6 +392,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "config-files")]
     #[cfg(feature = "etcd")]
     #[test]
     fn etcd_from_toml_and_json() {
@@ -405,6 +426,7 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
+    #[cfg(feature = "config-files")]
     #[test]
     fn serde_forms() {
         let toml = LockConfig::from_toml("backend = \"memory\"").unwrap();
@@ -422,6 +444,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "config-files")]
     #[cfg(feature = "memory")]
     #[tokio::test]
     async fn zero_ttl_from_serde_is_refused_at_connect() {
@@ -451,20 +474,25 @@ mod tests {
     #[cfg(not(feature = "etcd"))]
     #[test]
     fn etcd_configs_need_the_etcd_feature() {
-        let from_url = LockConfig::from_url("etcd://127.0.0.1:2379/");
-        let from_toml = LockConfig::from_toml("backend = \"etcd\"\nendpoints = [\"h:1\"]");
-        let from_json = LockConfig::from_json(r#"{"backend":"etcd","endpoints":["h:1"]}"#);
-        for result in [from_url, from_toml, from_json] {
-            match result {
-                Err(err @ LockError::InvalidConfig { .. }) => {
-                    let text = format!("{err}: {:?}", std::error::Error::source(&err));
-                    assert!(text.contains("without the `etcd` feature"), "{text}");
-                }
-                other => panic!("{other:?}"),
+        match LockConfig::from_url("etcd://127.0.0.1:2379/") {
+            Err(err @ LockError::InvalidConfig { .. }) => {
+                let text = format!("{err}: {:?}", std::error::Error::source(&err));
+                assert!(text.contains("without the `etcd` feature"), "{text}");
             }
+            other => panic!("{other:?}"),
+        }
+        // Through serde, whatever the format (and so through `from_toml` and `from_json`).
+        let from_toml = toml::from_str::<LockConfig>("backend = \"etcd\"\nendpoints = [\"h:1\"]");
+        let from_json =
+            serde_json::from_str::<LockConfig>(r#"{"backend":"etcd","endpoints":["h:1"]}"#);
+        for text in [
+            from_toml.unwrap_err().to_string(),
+            from_json.unwrap_err().to_string(),
+        ] {
+            assert!(text.contains("without the `etcd` feature"), "{text}");
         }
         assert_eq!(
-            LockConfig::from_toml("backend = \"memory\"").unwrap(),
+            toml::from_str::<LockConfig>("backend = \"memory\"").unwrap(),
             memory(None, 10)
         );
     }

@@ -29,6 +29,10 @@
 //! [`FencingToken`] that grows from holder to holder, a [`lost`](LockGuard::lost) signal for
 //! when the session ends under it, and releases on drop or [`unlock`](LockGuard::unlock).
 //!
+//! # Synchronous programs
+//! [`blocking::Client`] runs a session on a runtime of its own and blocks the calling thread;
+//! its guards release on drop.
+//!
 //! # Cancellation
 //! Dropping a `lock()` future at any point withdraws it from the queue. Put a deadline on a
 //! wait with `tokio::time::timeout(d, locks.lock(name))`.
@@ -43,17 +47,21 @@
 //! | `memory` | yes | [`MemoryStore`], [`MemoryLock`], `memory://` (from `locksmith-memory`) |
 //! | `etcd` | yes | [`EtcdLock`], [`EtcdConfig`], `etcd://` (from `locksmith-etcd`; its build runs `protoc`) |
 //! | `cli` | yes | the `locksmith` binary |
+//! | `config-files` | yes | [`LockConfig::from_toml`], [`LockConfig::from_json`] (the `toml` and `serde_json` crates) |
 //! | `etcd-testing` | no | the real-etcd test harness `locksmith_etcd::testing` |
 //! | `metrics` | no | metrics through the `metrics` facade: names, types and labels in [`instrument`] |
 //!
 //! `locksmith = { version = "0.1", default-features = false, features = ["memory"] }` builds
-//! without protoc and without the gRPC stack. A configuration naming a backend that was left
+//! without protoc and without the gRPC stack; add `config-files` to read TOML and JSON
+//! configs (without it, URLs still work and [`LockConfig`] implements serde's traits for any
+//! parser). A configuration naming a backend that was left
 //! out is refused with [`LockError::InvalidConfig`] ("built without the `etcd` feature"):
 //! an `etcd://` URL or a `backend = "etcd"` document when it is read, [`LockConfig::Memory`]
 //! when it is connected.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod blocking;
 pub mod config;
 
 pub use config::{LockConfig, MemoryConfig};

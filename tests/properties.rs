@@ -55,12 +55,14 @@ proptest! {
         prop_assert!(config_error(parsed));
     }
 
+    #[cfg(feature = "config-files")]
     #[test]
     fn any_toml_or_json_is_parsed_or_refused(text in any::<String>()) {
         prop_assert!(config_error(LockConfig::from_toml(&text)));
         prop_assert!(config_error(LockConfig::from_json(&text)));
     }
 
+    #[cfg(feature = "config-files")]
     #[test]
     fn toml_shaped_text_is_parsed_or_refused(
         backend in prop_oneof!["memory", "etcd", "[a-z]{0,6}"],

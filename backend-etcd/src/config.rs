@@ -28,7 +28,8 @@ pub struct EtcdConfig {
     /// where Go's `concurrency.Mutex` and `etcdctl lock` put their keys.
     #[serde(default)]
     pub namespace: String,
-    /// Lease TTL in seconds (10 by default, as Go's `concurrency.Session`); at least 1.
+    /// Lease TTL in seconds (10 by default, as `etcdctl lock`; Go's `concurrency.NewSession`
+    /// defaults to 60); at least 1.
     #[serde(default = "default_ttl_secs")]
     pub ttl_secs: u64,
     /// How long connecting and granting the lease may take, in milliseconds (5,000 by default).

@@ -75,6 +75,7 @@
 //! waiters fail with [`LockError::SessionLost`], and a
 //! lock is never reported acquired on an expired lease.
 #![warn(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod attempt;
 mod config;
@@ -93,6 +94,7 @@ mod transport;
 mod watch;
 
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 use std::sync::Arc;

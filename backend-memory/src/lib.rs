@@ -139,6 +139,7 @@
 //! # }
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Modules build on each other in this order, without cycles: `hold` (table entries) ←
 // `observers` ← `store` ← `session` ← the primitives (`mutex`, `election`, `rwlock`,

@@ -14,7 +14,8 @@ use parking_lot::Mutex;
 use crate::hold::HoldTag;
 use crate::observers::Elections;
 
-/// The default session TTL, as Go's `concurrency.Session`.
+/// The default session TTL, as the etcd backend's and `etcdctl lock`'s (Go's
+/// `concurrency.NewSession` defaults to 60 s).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
 /// The longest session TTL: 9,000,000,000 s (about 285 years), the longest lease etcd grants.

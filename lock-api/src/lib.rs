@@ -201,6 +201,7 @@ mod shared;
 pub mod table;
 
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
 pub use async_trait::async_trait;

@@ -1,5 +1,9 @@
 //! Helpers shared by the facade's integration tests.
 
+// Each test binary that includes this module uses some of it, some of them none of it in some
+// feature combinations.
+#![allow(dead_code)]
+
 use locksmith::LockError;
 
 /// An error, its `Debug` and every cause in its source chain, as one string: everything a

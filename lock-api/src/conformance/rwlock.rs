@@ -58,6 +58,7 @@ pub const RWLOCK_CASES: &[&str] = &[
 ///
 /// The invoking crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 #[macro_export]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 macro_rules! rwlock_conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@cases $factory;

@@ -57,6 +57,7 @@ pub const SEMAPHORE_CASES: &[&str] = &[
 ///
 /// The invoking crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 #[macro_export]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 macro_rules! semaphore_conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@cases $factory;

@@ -1,0 +1,256 @@
+//! The blocking client on the memory backend: plain threads, no runtime of the caller's.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use locksmith::blocking::Client;
+use locksmith::{LockConfig, LockError, LossReason, MemoryStore};
+
+/// A guard against hanging forever on a signal that never comes.
+const GUARD: Duration = Duration::from_secs(10);
+
+/// Waits (yielding: the memory store has no signal for it) until `name` has `len` entries.
+fn wait_for_queue(store: &str, name: &str, len: usize) {
+    let store = MemoryStore::named(store);
+    let deadline = Instant::now() + GUARD;
+    while store.queue_len(name) != len {
+        assert!(Instant::now() < deadline, "{name} never had {len} entries");
+        std::thread::yield_now();
+    }
+}
+
+fn client(store: &str) -> Client {
+    let config: LockConfig = format!("memory://{store}").parse().unwrap();
+    Client::connect(&config).unwrap()
+}
+
+#[test]
+fn lock_excludes_across_threads_and_tokens_grow() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 25;
+    let inside = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (inside, start) = (inside.clone(), start.clone());
+            std::thread::spawn(move || {
+                let client = client("blocking-threads");
+                start.wait();
+                let mut tokens = Vec::new();
+                for _ in 0..ROUNDS {
+                    let guard = client.lock("shared").unwrap();
+                    assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                    tokens.push(guard.fencing_token());
+                    std::thread::yield_now();
+                    inside.store(false, Ordering::SeqCst);
+                    guard.unlock().unwrap();
+                }
+                tokens
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for thread in threads {
+        let tokens = thread.join().unwrap();
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+        all.extend(tokens);
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        THREADS * ROUNDS,
+        "every hold has a token of its own"
+    );
+}
+
+#[test]
+fn lock_timeout_expires_then_succeeds_after_release() {
+    let (a, b) = (client("blocking-timeout"), client("blocking-timeout"));
+    let held = a.lock("report").unwrap();
+    let started = Instant::now();
+    assert!(b
+        .lock_timeout("report", Duration::from_millis(100))
+        .unwrap()
+        .is_none());
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    // The timed-out wait left the queue: after the release, a try_lock gets the lock.
+    assert_eq!(
+        MemoryStore::named("blocking-timeout").queue_len("report"),
+        1
+    );
+
+    let waiter = std::thread::spawn(move || b.lock_timeout("report", GUARD).unwrap());
+    wait_for_queue("blocking-timeout", "report", 2);
+    let token = held.fencing_token();
+    drop(held);
+    let next = waiter.join().unwrap().expect("the lock after its release");
+    assert!(next.fencing_token() > token);
+}
+
+#[test]
+fn dropping_a_guard_releases_before_drop_returns() {
+    let (a, b) = (client("blocking-drop"), client("blocking-drop"));
+    let guard = a.lock("job").unwrap();
+    assert!(b.try_lock("job").unwrap().is_none());
+    drop(guard);
+    let next = b.try_lock("job").unwrap().expect("released by the drop");
+    // A guard keeps its client's session: it outlives the client handle it came from.
+    drop(b);
+    assert!(!next.is_lost());
+    drop(next);
+    assert!(a.try_lock("job").unwrap().is_some());
+}
+
+#[test]
+fn closing_the_client_ends_its_holds_and_passes_the_lock_on() {
+    let (a, b) = (client("blocking-close"), client("blocking-close"));
+    let guard = a.lock("job").unwrap();
+    let waiter = std::thread::spawn(move || b.lock_timeout("job", GUARD).unwrap().is_some());
+    wait_for_queue("blocking-close", "job", 2);
+    a.close().unwrap();
+    assert_eq!(guard.lost_timeout(GUARD).unwrap(), Some(LossReason::Closed));
+    assert!(waiter.join().unwrap());
+}
+
+#[test]
+fn a_revoked_lock_is_visible_to_its_holder() {
+    let (a, b) = (client("blocking-lost"), client("blocking-lost"));
+    let guard = a.lock("ledger").unwrap();
+    assert_eq!(guard.lost_reason(), None);
+    assert_eq!(guard.lost_timeout(Duration::from_millis(10)).unwrap(), None);
+    assert!(MemoryStore::named("blocking-lost").revoke("ledger"));
+    assert_eq!(guard.lost().unwrap(), LossReason::Deleted);
+    assert!(guard.is_lost());
+    let next = b
+        .try_lock("ledger")
+        .unwrap()
+        .expect("the revoked lock is free");
+    assert!(next.fencing_token() > guard.fencing_token());
+    match guard.unlock() {
+        Err(LockError::LockLost { name, reason }) => {
+            assert_eq!((name.as_str(), reason), ("ledger", LossReason::Deleted))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn calls_inside_an_async_runtime_are_refused() {
+    let config: LockConfig = "memory://blocking-refused".parse().unwrap();
+    let outside = Client::connect(&config).unwrap();
+    let guard = outside.lock("held").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for result in [
+            Client::connect(&config).map(drop),
+            outside.lock("x").map(drop),
+            outside.try_lock("x").map(drop),
+            outside.lock_timeout("x", GUARD).map(drop),
+            outside.campaign("x", b"v").map(drop),
+            outside.read("x").map(drop),
+            outside.write("x").map(drop),
+            outside.acquire("x", 2).map(drop),
+            guard.lost().map(drop),
+        ] {
+            match result {
+                Err(err @ LockError::InvalidConfig { .. }) => {
+                    assert!(err.to_string().contains("inside an async runtime"), "{err}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Dropped inside a runtime, the guard does not block; its release still happens.
+        drop(guard);
+    });
+    wait_for_queue("blocking-refused", "held", 0);
+    assert!(outside.try_lock("held").unwrap().is_some());
+    // The client's last handle may go away inside a runtime too, without a panic.
+    runtime.block_on(async move { drop(outside) });
+}
+
+#[test]
+fn campaign_read_write_and_acquire_block_and_release() {
+    let (a, b) = (client("blocking-kinds"), client("blocking-kinds"));
+    let leading = a.campaign("scheduler", b"host-a").unwrap();
+    assert_eq!(b.leader("scheduler").unwrap(), Some(leading.info()));
+    leading.proclaim(b"host-a, epoch 2").unwrap();
+    assert_eq!(
+        b.leader("scheduler")
+            .unwrap()
+            .map(|info| info.value().to_vec()),
+        Some(b"host-a, epoch 2".to_vec())
+    );
+    drop(leading);
+    assert_eq!(b.leader("scheduler").unwrap(), None);
+
+    let reading = (a.read("catalog").unwrap(), b.read("catalog").unwrap());
+    assert!(a.try_write("catalog").unwrap().is_none());
+    assert!(b
+        .write_timeout("catalog", Duration::from_millis(20))
+        .unwrap()
+        .is_none());
+    drop(reading);
+    let writing = a.write("catalog").unwrap();
+    assert!(b.try_read("catalog").unwrap().is_none());
+    writing.unlock().unwrap();
+
+    let permits = (
+        a.acquire("exports", 2).unwrap(),
+        b.acquire("exports", 2).unwrap(),
+    );
+    assert!(a.try_acquire("exports", 2).unwrap().is_none());
+    drop(permits.0);
+    assert!(b.try_acquire("exports", 2).unwrap().is_some());
+    assert!(matches!(
+        a.acquire("exports", 3),
+        Err(LockError::LimitMismatch { .. })
+    ));
+}
+
+/// On etcd the client's own runtime keeps the lease alive while the caller's thread does
+/// something else for longer than the TTL, and a dropped guard and client let go at once.
+#[cfg(feature = "etcd-testing")]
+#[test]
+fn etcd_session_lives_while_the_caller_blocks_elsewhere() {
+    use locksmith_etcd::testing::EtcdServer;
+
+    let etcd = EtcdServer::start().expect("etcd (run `make test`, which installs it)");
+    let config: LockConfig = format!("etcd://{}/blocking/?ttl=1", etcd.endpoint())
+        .parse()
+        .unwrap();
+    let (a, b) = (
+        Client::connect(&config).unwrap(),
+        Client::connect(&config).unwrap(),
+    );
+    let guard = a.lock("job").unwrap();
+    // Work that is not locksmith's, three TTLs long: only the keepalive keeps the lease.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(guard.lost_reason(), None);
+    assert!(b
+        .lock_timeout("job", Duration::from_millis(300))
+        .unwrap()
+        .is_none());
+    let token = guard.fencing_token();
+    drop(guard);
+    // A third session: `b`'s timed-out wait may still be withdrawing its key (a few ms), and
+    // until etcd has answered, `b` serializes its own try_lock of the name behind it.
+    let c = Client::connect(&config).unwrap();
+    let next = c.try_lock("job").unwrap().expect("released by the drop");
+    assert!(next.fencing_token() > token);
+    drop(next);
+
+    // A guard outlives its client handle; its drop, the session's last handle, releases.
+    let held = b.lock("job").unwrap();
+    let waiter = std::thread::spawn(move || a.lock_timeout("job", GUARD).unwrap().is_some());
+    let started = Instant::now();
+    drop(b);
+    assert!(!held.is_lost(), "a guard keeps its client's session");
+    drop(held);
+    assert!(waiter.join().unwrap());
+    assert!(started.elapsed() < GUARD);
+}
