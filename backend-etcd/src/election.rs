@@ -128,7 +128,13 @@ impl Proclaim for EtcdProclaim {
                 let txn = txn.clone();
                 async move { client.txn(txn).await }
             })
-            .await?;
+            .await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                // The leadership ended with its session, whether or not its guard has heard.
+                Err(LockError::SessionLost { .. }) => return Err(self.lost().await),
+                Err(err) => return Err(err),
+            };
             if reply.succeeded() {
                 // The put's revision is the transaction's.
                 let at = reply.header().map_or(seen, |h| h.revision());

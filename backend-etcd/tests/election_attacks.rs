@@ -741,7 +741,7 @@ async fn a_resign_while_etcd_is_stopped_completes_when_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proclamation_after_the_session_ended_fails_with_lock_lost() {
     let etcd = Etcd::new();
-    for _ in 0..5 {
+    for _ in 0..20 {
         let a = etcd.session().await;
         let leading = a.campaign("svc", b"a").await.unwrap();
         a.close().await.unwrap();
