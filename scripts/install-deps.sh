@@ -3,7 +3,7 @@
 # protoc and the well-known protos (etcd-client builds its gRPC code at build time)
 # and the etcd server and etcdctl (integration tests start a real etcd on loopback), and the
 # openssl command (the TLS test makes its certificates with it), and Go with Debian's etcd 3.4
-# sources (backend-etcd/tests/rwlock_interop.rs builds tests/go/rwmutex, a Go recipe.RWMutex
+# sources (backend-etcd/tests/etcd/rwlock_interop.rs builds tests/go/rwmutex, a Go recipe.RWMutex
 # peer, GOPATH-style against /usr/share/gocode).
 # Does nothing when everything is already there.
 set -euo pipefail

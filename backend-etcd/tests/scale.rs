@@ -1,5 +1,6 @@
 //! Many waiters and many holds from one process: bounded watch streams, FIFO, throughput.
 
+#[path = "etcd/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! from the last older key's delete event, with no read). Each test tries to make a lock held
 //! twice, a waiter succeed after its own key died, or a key stay behind, against a real etcd.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

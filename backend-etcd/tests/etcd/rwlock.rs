@@ -1,7 +1,7 @@
 //! Reader-writer locks on a real etcd: Go's `recipe.RWMutex` key layout, sharing, writer
 //! preference, the `try_` forms, and cleanup of every path that gives a key up.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

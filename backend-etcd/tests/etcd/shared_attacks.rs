@@ -2,7 +2,7 @@
 //! make a writer share, more than `limit` permits exist, a guard come after its key died, a key
 //! stay behind, a waiter never be served, or a waiter spin, against a real etcd.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The shared behaviour suite on a real etcd.
 
-mod common;
+use crate::common;
 
 locksmith_api::conformance_tests!(common::Etcd::new());
 

@@ -2,7 +2,7 @@
 //! release or a withdrawal at the worst moment, against a real etcd, and checks that the lock
 //! is never held twice and nothing is left behind.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

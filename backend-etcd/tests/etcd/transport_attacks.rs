@@ -3,7 +3,7 @@
 //! Failover at connect time and mid-run, large and many concurrent requests, long-lived
 //! streams whose body is never ready.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

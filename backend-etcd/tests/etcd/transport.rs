@@ -5,7 +5,7 @@
 //! HEADERS + DATA(END_STREAM) in one segment, as Go's client sends it (tonic/hyper/h2 alone
 //! send HEADERS, DATA and an empty DATA(END_STREAM) in two or three).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 //! Each test reproduced a defect of the code under review and passes on the fixed code; the
 //! probabilistic one against a stopped follower is `#[ignore]`d (slow; `-- --ignored` runs it).
 
-mod common;
+use crate::common;
 
 use std::task::Poll;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The session's watch stream against etcd authentication and odd keys (issue 10, findings 6
 //! and 7): a waiter on a refused stream, or behind a key that is not UTF-8, does not spin.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The known pitfalls of the revision-queue mutex (see DESIGN.md), each against a real etcd.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! observers across compaction and stream resets, and the cleanup of every path that gives a
 //! candidacy up.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! backwards, repeat itself, miss the final state or never end, or a quiet observer spin,
 //! against a real etcd.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! `/usr/share/gocode` (`golang-go` and `golang-etcd-server-dev`, installed by
 //! `scripts/install-deps.sh`). A machine without them fails these tests: they never skip.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

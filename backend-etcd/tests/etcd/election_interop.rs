@@ -1,7 +1,7 @@
 //! Leader election against Go's `concurrency.Election`, as `etcdctl elect` runs it: the same
 //! keys, one queue, FIFO handover in both directions, and values read across clients.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Session behaviour around the network and credentials, and the fenced-write helper.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

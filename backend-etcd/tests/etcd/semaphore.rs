@@ -1,7 +1,7 @@
 //! Counting semaphores on a real etcd: the limit, FIFO, limits that disagree, and cleanup of
 //! every path that gives a permit or a wait up.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
