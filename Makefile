@@ -45,7 +45,7 @@ fresh-build:
 		echo "fresh-build: the memory-only build depends on the gRPC stack (above)" >&2; exit 1; \
 	else echo "fresh-build: memory-only build needs no protoc, no tonic, prost or etcd-client"; fi
 
-# tests/examples.rs runs the example programs themselves: build them first.
+# tests/facade/examples.rs runs the example programs themselves: build them first.
 unit:
 	$(CARGO) build --workspace --examples --all-features
 	$(CARGO) test --workspace --all-targets --all-features

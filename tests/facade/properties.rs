@@ -1,8 +1,6 @@
 //! Property tests over user input: lock names and configuration text never panic, always give
 //! success or a typed error, and distinct names stay independent locks.
 
-mod support;
-
 use locksmith::{validate_name, DistributedLock, LockConfig, LockError, MemoryStore, MAX_NAME_LEN};
 use proptest::prelude::*;
 

@@ -2,7 +2,7 @@
 //! on, neither the errors, the `Debug` forms, the tracing logs nor the `locksmith` binary's
 //! output contain it.
 
-mod support;
+use crate::support;
 
 use std::fmt::Write as _;
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! The `locksmith` binary on the memory backend (the etcd runs are in tests/etcd_cli.rs).
+//! The `locksmith` binary on the memory backend (the etcd runs are in etcd_cli.rs).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
