@@ -900,7 +900,30 @@ fn seeded() -> StdRng {
 /// order, withdrawals (cancelled acquires) anywhere, keys deleted by hand (one, or a waiter's
 /// together with an older key in one transaction), checking the grant rule after each.
 async fn random_semaphore_queue(limit: u32, start: usize, steps: usize) {
+    random_semaphore_queue_with(limit, start, steps, false).await;
+}
+
+/// Writes of another key of the namespace, back to back, until aborted: watches created "from
+/// now" then often start behind the store (unsynced) and keep their twins, whose deliveries
+/// interleave.
+fn write_noise(etcd: &Etcd) -> JoinHandle<()> {
+    let (url, key) = (
+        etcd.server.client_url(),
+        format!("{}noise", etcd.config.namespace),
+    );
+    tokio::spawn(async move {
+        let mut raw = locksmith_etcd::etcd_client::Client::connect([url], None)
+            .await
+            .unwrap();
+        loop {
+            let _ = raw.put(key.as_str(), "x", None).await;
+        }
+    })
+}
+
+async fn random_semaphore_queue_with(limit: u32, start: usize, steps: usize, noise: bool) {
     let etcd = Etcd::new();
+    let noise = noise.then(|| write_noise(&etcd));
     let mut sessions = Vec::new();
     for _ in 0..3 {
         sessions.push(etcd.session().await);
@@ -952,6 +975,9 @@ async fn random_semaphore_queue(limit: u32, start: usize, steps: usize) {
         model.settle(quiet).await;
     }
     model.drain(&etcd, &mut rng, quiet).await;
+    if let Some(noise) = noise {
+        noise.abort();
+    }
 }
 
 /// Attack: a limit-1 queue long enough for far waiters (more than 3 older keys), driven at
@@ -1237,15 +1263,40 @@ async fn a_release_watched_by_every_far_waiter_costs_one_read_each() {
     tokio::time::sleep(QUIET).await;
     let txns = || etcd.server.metric("etcd_mvcc_txn_total").unwrap();
     let (txns_from, events_from) = (txns(), watch_events(&etcd));
+    let watchers_from = etcd
+        .server
+        .metric("etcd_debugging_mvcc_watcher_total")
+        .unwrap();
     holders.pop().unwrap().unlock().await.unwrap();
     let first = waiters.remove(0);
     let served = within("the first waiter", first).await.unwrap().unwrap();
-    tokio::time::sleep(QUIET).await;
+    // Until the 29 others watch their 100 keys again and the count of watchers stays put.
+    let watchers = || {
+        etcd.server
+            .metric("etcd_debugging_mvcc_watcher_total")
+            .unwrap()
+    };
+    let before = watchers_from;
+    within("the waiters to watch again", async {
+        loop {
+            let now = watchers();
+            tokio::time::sleep(QUIET).await;
+            if now >= 2900.0 && watchers() == now {
+                break;
+            }
+        }
+    })
+    .await;
     let events = watch_events(&etcd) - events_from;
     let txns = txns() - txns_from;
-    eprintln!("limit 100, 30 far waiters, one release: {events} watch events, {txns} txns");
+    eprintln!(
+        "limit 100, 30 far waiters, one release: {events} watch events, {txns} txns, \
+         watchers {before} -> {}",
+        watchers()
+    );
     assert!(events <= 31.0, "{events} watch events for one release");
-    assert!(txns <= 2.0 * 31.0, "{txns} transactions for one release");
+    // Each woken waiter reads twice: once woken, once its new watches exist.
+    assert!(txns <= 3.0 * 31.0, "{txns} transactions for one release");
     // The others wait on, quietly.
     assert!(waiters.iter().all(|w| !w.is_finished()));
     served.unlock().await.unwrap();
@@ -1547,4 +1598,34 @@ async fn a_random_rw_queue_behind_many_writers_follows_the_rule() {
     let mut start = vec![Kind::Write; 52];
     start.extend([Kind::Read, Kind::Read, Kind::Write, Kind::Read]);
     random_rw_queue(&start, 20).await;
+}
+
+/// Attack: the random limit-2 queue under a stream of unrelated writes (unsynced watches, twins
+/// kept, deliveries of two watches interleaved; a waiter's key deleted with an older one in one
+/// transaction among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_queue_under_write_noise_follows_the_grant_rule() {
+    random_semaphore_queue_with(2, 10, 30, true).await;
+}
+
+/// Probe: a mutex named `doc/read` and the RW lock `doc`. Distinct names are distinct locks
+/// (`validate_name`), but the mutex's key `doc/read/{lease}` is a direct child of the RW
+/// lock's reader prefix, exactly like a reader's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "probe: a mutex named NAME/read or NAME/write collides with the RW lock NAME"]
+async fn a_mutex_named_like_the_reader_prefix_does_not_block_the_rw_lock() {
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    let mutex = locksmith_api::DistributedLock::lock(&a, "doc/read")
+        .await
+        .unwrap();
+    let writer = within("try_write", b.try_write("doc")).await.unwrap();
+    assert!(
+        writer.is_some(),
+        "try_write(doc) refused while the mutex doc/read is held"
+    );
+    drop(writer);
+    let writer = tokio::time::timeout(Duration::from_secs(2), b.write("doc")).await;
+    assert!(writer.is_ok(), "write(doc) waits for the mutex doc/read");
+    drop(mutex);
 }
