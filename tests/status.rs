@@ -412,29 +412,42 @@ async fn queue_and_queues_read_the_layouts_under_a_namespace() {
 
 /// The holder `status` reports must be the one actually holding. `etcdctl lock a` (Go's
 /// `concurrency.Mutex`) ranges over `a/`, so an older key of the nested lock `a/b` keeps it
-/// waiting; `status a` must then not name etcdctl as the holder of `a`.
-///
-/// Fails today: backend-etcd/src/queue.rs keeps only direct children of `a/` (locksmith's
-/// rule) for every key, so a waiting etcdctl is reported as holding.
+/// waiting: `status a` and `list` must show it waiting, not holding, until `a/b` is released.
 #[test]
-#[ignore = "defect: status names a waiting etcdctl/Go client as holder when a nested name's key is older (see r14-review.md)"]
 fn status_does_not_call_a_waiting_etcdctl_the_holder_behind_a_nested_name() {
     let server = etcd();
     let endpoint = server.endpoint();
-    let nested = Running::spawn(locksmith(&endpoint, &["lock", "a/b"]));
+    let mut nested = Running::spawn(locksmith(&endpoint, &["lock", "a/b"]));
     let nested_key = nested.line();
     let theirs = Running::spawn(etcdctl(&endpoint, &["lock", "a"]));
     let queue = until_queued(&endpoint, "a", &["--lock"], 1);
-    let holders = keys(&queue, "holders");
-    // etcdctl prints its key once it holds the lock; it must not have (it waits behind a/b).
-    let acquired = theirs.lines.recv_timeout(Duration::from_secs(2)).ok();
+    // etcdctl prints its key once it holds the lock; it waits behind a/b instead.
+    let acquired = theirs.lines.recv_timeout(Duration::from_secs(1)).ok();
     assert_eq!(
         acquired, None,
         "etcdctl took `a` while `{nested_key}` was held"
     );
+    let holders = keys(&queue, "holders");
     assert!(
         holders.is_empty(),
         "status says {holders:?} holds `a`, but etcdctl waits behind {nested_key}"
     );
-    drop((nested, theirs));
+    let waiting = keys(&queue, "waiters");
+    assert_eq!(waiting.len(), 1);
+    let listed = run(&endpoint, &["list", "a"]);
+    let rows: Vec<Vec<&str>> = listed.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert_eq!(
+        (rows[0][0], rows[0][2], rows[0][3]),
+        ("a", "-", "waiting 1"),
+        "{listed}"
+    );
+    assert!(rows[1][2].starts_with(&nested_key), "{listed}");
+
+    // Once a/b is released, etcdctl holds `a`, and status says so.
+    nested.terminate();
+    assert_eq!(theirs.line(), waiting[0]);
+    let queue = until_queued(&endpoint, "a", &["--lock"], 1);
+    assert_eq!(keys(&queue, "holders"), waiting);
+    drop(theirs);
 }
