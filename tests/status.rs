@@ -451,3 +451,91 @@ fn status_does_not_call_a_waiting_etcdctl_the_holder_behind_a_nested_name() {
     assert_eq!(keys(&queue, "holders"), waiting);
     drop(theirs);
 }
+
+/// One name used by every primitive, nested names and semaphore names with `/` and `%`: each
+/// queue keeps its own entries, `queues` finds each once under the prefixes that match it,
+/// and every reported holder is one that another session's `try_*` finds holding.
+#[tokio::test]
+async fn queues_keep_shared_prefixes_apart_and_name_the_real_holders() {
+    use locksmith::{
+        DistributedLock, DistributedRwLock, DistributedSemaphore, Primitive, QueueView,
+    };
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let config: locksmith::EtcdConfig =
+        match locksmith::LockConfig::from_url(&format!("etcd://{endpoint}/")).unwrap() {
+            locksmith::LockConfig::Etcd(config) => config,
+            _ => unreachable!("an etcd URL"),
+        };
+    let a = locksmith::EtcdLock::connect(&config).await.unwrap();
+    let b = locksmith::EtcdLock::connect(&config).await.unwrap();
+    let lock = a.lock("x").await.unwrap();
+    let nested = b.lock("x/read").await.unwrap();
+    let reading = a.read("x").await.unwrap();
+    let permit = b.acquire("x", 1).await.unwrap();
+    let slash = a.acquire("p/a/b", 2).await.unwrap();
+    let percent = b.acquire("p/a%2Fb", 2).await.unwrap();
+    let percent_too = a.acquire("p/a%2Fb", 2).await.unwrap();
+
+    let x = a.queue("x", Primitive::Lock).await.unwrap();
+    assert_eq!(x.holders.len(), 1, "{x:?}");
+    assert!(x.waiters.is_empty(), "{x:?}");
+    assert_eq!(x.holders[0].key, lock.key());
+    let rw = a.queue("x", Primitive::RwLock).await.unwrap();
+    let rw_keys: Vec<&str> = rw.holders.iter().map(|e| e.key.as_str()).collect();
+    // `x/read`'s lock key sits among the readers' keys of `x` (Go's layout cannot tell them
+    // apart) and is shown as a reader: a writer of `x` would wait for it as for one.
+    assert!(rw_keys.contains(&reading.key()), "{rw:?}");
+    let sem = a.queue("x", Primitive::Semaphore).await.unwrap();
+    assert_eq!(sem.holders.len(), 1);
+    assert_eq!(sem.holders[0].key, permit.key());
+    assert_eq!(sem.limit, Some(1));
+    let slash_q = a.queue("p/a/b", Primitive::Semaphore).await.unwrap();
+    assert_eq!(slash_q.len(), 1);
+    assert_eq!(slash_q.holders[0].key, slash.key());
+    let percent_q = a.queue("p/a%2Fb", Primitive::Semaphore).await.unwrap();
+    assert_eq!(percent_q.holders.len(), 2);
+    assert_eq!(percent_q.limit, Some(2));
+
+    // The holders reported are the holders: another session's try_* calls find them taken.
+    let c = locksmith::EtcdLock::connect(&config).await.unwrap();
+    assert!(c.try_lock("x").await.unwrap().is_none());
+    assert!(c.try_write("x").await.unwrap().is_none());
+    assert!(c.try_acquire("x", 1).await.unwrap().is_none());
+    assert!(c.try_acquire("p/a%2Fb", 2).await.unwrap().is_none());
+    assert!(c.try_acquire("p/a/b", 2).await.unwrap().is_some());
+
+    let names = |queues: Vec<locksmith::QueueInfo>| -> Vec<(String, Primitive)> {
+        queues.into_iter().map(|q| (q.name, q.primitive)).collect()
+    };
+    let under_p = names(a.queues("p/a").await.unwrap());
+    assert_eq!(
+        under_p,
+        [
+            ("p/a%2Fb".to_owned(), Primitive::Semaphore),
+            ("p/a/b".to_owned(), Primitive::Semaphore)
+        ]
+    );
+    assert_eq!(
+        names(a.queues("p/a%").await.unwrap()),
+        [("p/a%2Fb".to_owned(), Primitive::Semaphore)]
+    );
+    assert_eq!(
+        names(a.queues("p/a/").await.unwrap()),
+        [("p/a/b".to_owned(), Primitive::Semaphore)]
+    );
+    let under_x = names(a.queues("x").await.unwrap());
+    assert!(
+        under_x.contains(&("x".to_owned(), Primitive::Lock)),
+        "{under_x:?}"
+    );
+    assert!(
+        under_x.contains(&("x".to_owned(), Primitive::RwLock)),
+        "{under_x:?}"
+    );
+    assert!(
+        under_x.contains(&("x".to_owned(), Primitive::Semaphore)),
+        "{under_x:?}"
+    );
+    drop((lock, nested, reading, permit, slash, percent, percent_too));
+}
