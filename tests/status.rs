@@ -458,7 +458,8 @@ fn status_does_not_call_a_waiting_etcdctl_the_holder_behind_a_nested_name() {
 #[tokio::test]
 async fn queues_keep_shared_prefixes_apart_and_name_the_real_holders() {
     use locksmith::{
-        DistributedLock, DistributedRwLock, DistributedSemaphore, Primitive, QueueView,
+        DistributedLock, DistributedRwLock, DistributedSemaphore, LeaderElection, Primitive,
+        QueueView,
     };
     let server = etcd();
     let endpoint = server.endpoint();
@@ -537,5 +538,17 @@ async fn queues_keep_shared_prefixes_apart_and_name_the_real_holders() {
         under_x.contains(&("x".to_owned(), Primitive::Semaphore)),
         "{under_x:?}"
     );
+    // A locksmith election ignores nested names' keys, older or not: its leader leads.
+    let nested_first = b.lock("e/x").await.unwrap();
+    let leading = a.campaign("e", b"host-a").await.unwrap();
+    let e = c.queue("e", Primitive::Election).await.unwrap();
+    assert_eq!(e.holders.len(), 1, "{e:?}");
+    assert_eq!(e.holders[0].key, leading.key());
+    let e = c.queue("e", Primitive::Lock).await.unwrap();
+    assert_eq!(e.holders.len(), 1, "{e:?}");
+    let listed = c.queues("e").await.unwrap();
+    assert_eq!(listed[0].name, "e");
+    assert_eq!(listed[0].holders.len(), 1, "{listed:?}");
+    drop((leading, nested_first));
     drop((lock, nested, reading, permit, slash, percent, percent_too));
 }

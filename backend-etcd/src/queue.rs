@@ -96,11 +96,13 @@ pub(crate) async fn queue(
     build(session, name, primitive, keyed, &mut ttls).await
 }
 
-/// A lock key that is not locksmith's (`etcdctl lock`, Go's `concurrency.Mutex`: an empty
-/// value, where locksmith's is a `locksmith-…` marker) waits, as Go does, for every older key
-/// under `NAME/`, also those of nested names (`NAME/b/…`), which locksmith's own clients keep
+/// A lock key of `etcdctl lock` or Go's `concurrency.Mutex` (an empty value, where
+/// locksmith's lock has a `locksmith-…` marker) waits, as Go does, for every older key under
+/// `NAME/`, also those of nested names (`NAME/b/…`), which locksmith's own clients keep
 /// apart. Such a key at the head of the queue does not hold while a nested key older than it
-/// (`oldest_nested`, a create revision) is left: it is the first waiter.
+/// (`oldest_nested`, a create revision) is left: it is the first waiter. Candidates (a
+/// proposal for a value) are left as they are: Go's and locksmith's look alike, and only
+/// Go's wait for nested keys.
 fn demote_blocked_go_holder(info: &mut QueueInfo, oldest_nested: Option<i64>) {
     let Some(oldest_nested) = oldest_nested.and_then(|rev| u64::try_from(rev).ok()) else {
         return;
@@ -109,12 +111,9 @@ fn demote_blocked_go_holder(info: &mut QueueInfo, oldest_nested: Option<i64>) {
         return;
     }
     let blocked = info.holders.first().is_some_and(|holder| {
-        let ours = holder
-            .value
-            .as_deref()
-            .is_some_and(|value| value.starts_with(b"locksmith-"));
+        let go_mutex = holder.value.as_deref().is_some_and(<[u8]>::is_empty);
         let rev = holder.fencing_token.map(FencingToken::get);
-        !ours && rev.is_some_and(|rev| oldest_nested < rev)
+        go_mutex && rev.is_some_and(|rev| oldest_nested < rev)
     });
     if blocked {
         let holders = std::mem::take(&mut info.holders);
