@@ -377,3 +377,41 @@ fn spawn_blocking_is_inside_the_runtime_and_refused() {
     wait_for_queue(store, "job", 0);
     assert!(outside.try_lock("job").unwrap().is_some());
 }
+
+/// On etcd, `lock_timeout` racing the grant: whichever way each round goes, at most one
+/// holder at a time, and nothing is left behind (a third client then gets the lock).
+#[cfg(feature = "etcd-testing")]
+#[test]
+fn etcd_lock_timeout_racing_a_grant_leaves_no_hold() {
+    use locksmith_etcd::testing::EtcdServer;
+
+    let etcd = EtcdServer::start().expect("etcd (run `make test`, which installs it)");
+    let config: LockConfig = format!("etcd://{}/blocking-race/", etcd.endpoint())
+        .parse()
+        .unwrap();
+    let connect = || Client::connect(&config).unwrap();
+    let (a, b, c) = (connect(), connect(), connect());
+    let (mut granted, mut timed_out) = (0, 0);
+    for round in 0..40u64 {
+        let held = a.lock("job").unwrap();
+        let waiting = b.clone();
+        let waiter = std::thread::spawn(move || {
+            waiting
+                .lock_timeout("job", Duration::from_millis(20))
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(5 + (round % 8) * 4));
+        drop(held);
+        match waiter.join().unwrap() {
+            Some(guard) => {
+                granted += 1;
+                assert!(c.try_lock("job").unwrap().is_none(), "two holders");
+                drop(guard);
+            }
+            None => timed_out += 1,
+        }
+        let next = c.lock_timeout("job", GUARD).unwrap();
+        drop(next.expect("a timed-out or released wait left a hold behind"));
+    }
+    eprintln!("granted {granted}, timed out {timed_out}");
+}
