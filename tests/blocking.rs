@@ -415,3 +415,23 @@ fn etcd_lock_timeout_racing_a_grant_leaves_no_hold() {
     }
     eprintln!("granted {granted}, timed out {timed_out}");
 }
+
+/// A guard kept in a thread-local is dropped while the thread's locals are torn down, where
+/// tokio's own thread-local context may be gone already: no panic, and the lock passes on.
+#[test]
+fn a_guard_in_a_thread_local_releases_at_thread_exit() {
+    use std::cell::RefCell;
+    thread_local! {
+        static KEPT: RefCell<Option<locksmith::blocking::LockGuard>> = const { RefCell::new(None) };
+    }
+    let store = "blocking-thread-local";
+    let (a, b) = (client(store), client(store));
+    let keeper = std::thread::spawn(move || {
+        // `lock` has used tokio's thread-local context before the guard is stored.
+        let guard = a.lock("job").unwrap();
+        KEPT.with(|kept| *kept.borrow_mut() = Some(guard));
+    });
+    keeper.join().expect("the thread exits without a panic");
+    wait_for_queue(store, "job", 0);
+    assert!(b.try_lock("job").unwrap().is_some());
+}
