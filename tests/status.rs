@@ -552,3 +552,51 @@ async fn queues_keep_shared_prefixes_apart_and_name_the_real_holders() {
     drop((leading, nested_first));
     drop((lock, nested, reading, permit, slash, percent, percent_too));
 }
+
+/// `--json` is for scripts: the field names of a queue and of an entry are a contract, the
+/// same for `status` and `list`, and every value has its documented JSON type.
+#[test]
+fn json_fields_are_stable() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let holder = Running::spawn(locksmith(&endpoint, &["lock", "jobs/json"]));
+    holder.line();
+    let queue = until_queued(&endpoint, "jobs/json", &[], 1);
+    let listed: Value =
+        serde_json::from_str(&run(&endpoint, &["list", "--json", "jobs/"])).unwrap();
+    for queue in [&queue, &listed[0]] {
+        let mut fields: Vec<&str> = queue
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort();
+        assert_eq!(fields, ["holders", "limit", "name", "primitive", "waiters"]);
+        let entry = &queue["holders"][0];
+        let mut fields: Vec<&str> = entry
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "fencing_token",
+                "key",
+                "kind",
+                "lease_id",
+                "ttl_left_secs",
+                "value"
+            ]
+        );
+        assert!(entry["key"].is_string() && entry["kind"].is_string());
+        assert!(entry["lease_id"].is_string(), "hex, as in the keys");
+        assert!(entry["ttl_left_secs"].is_u64() && entry["fencing_token"].is_u64());
+        assert!(entry["value"].is_string());
+        assert!(queue["limit"].is_null());
+    }
+    drop(holder);
+}
