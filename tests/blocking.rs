@@ -435,3 +435,26 @@ fn a_guard_in_a_thread_local_releases_at_thread_exit() {
     wait_for_queue(store, "job", 0);
     assert!(b.try_lock("job").unwrap().is_some());
 }
+
+/// A guard dropped while its thread unwinds, inside tokio code that holds tokio's thread-local
+/// context (here `tokio::spawn` called outside a runtime, which panics and drops the task,
+/// our guard with it): the drop must not enter a runtime, which would panic again and abort
+/// the process. The panic stays the caller's, catchable; the lock passes on.
+#[test]
+fn a_guard_dropped_while_unwinding_inside_tokio_does_not_abort() {
+    let store = "blocking-unwinding";
+    let (a, b) = (client(store), client(store));
+    for last_handle in [false, true] {
+        let guard = if last_handle {
+            client(store).lock("job").unwrap()
+        } else {
+            a.lock("job").unwrap()
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            drop(tokio::spawn(async move { drop(guard) }));
+        }));
+        assert!(outcome.is_err(), "tokio::spawn outside a runtime panics");
+        wait_for_queue(store, "job", 0);
+        drop(b.try_lock("job").unwrap().expect("released"));
+    }
+}
