@@ -46,7 +46,8 @@
 //! [`LockError::InvalidConfig`] when the calling thread is inside a tokio runtime (also in
 //! `spawn_blocking`): use the async API there. A guard or client dropped inside a runtime does
 //! not wait: the release is handed to the client's runtime (a guard) or to a thread of its own
-//! (the last handle of a client, which closes the session).
+//! (the last handle of a client, which closes the session). The same holds for a drop while
+//! the thread unwinds from a panic.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -327,7 +328,7 @@ impl Inner {
         let Some(runtime) = &self.runtime else {
             return;
         };
-        if Handle::try_current().is_ok() {
+        if must_not_block() {
             drop(runtime.spawn(release));
         } else {
             // A lost hold (an error here) has nothing left to release.
@@ -353,7 +354,7 @@ impl Drop for Inner {
             drop(session);
             drop(runtime);
         };
-        if Handle::try_current().is_ok() {
+        if must_not_block() {
             // If no thread can be started, the closure is dropped: the runtime stops without
             // waiting and the session ends with its TTL.
             let _ = std::thread::Builder::new()
@@ -372,11 +373,18 @@ struct OwnedRuntime(Option<Runtime>);
 impl Drop for OwnedRuntime {
     fn drop(&mut self) {
         if let Some(runtime) = self.0.take() {
-            if Handle::try_current().is_ok() {
+            if must_not_block() {
                 runtime.shutdown_background();
             }
         }
     }
+}
+
+/// True where a drop must not block on the client's runtime: inside an async runtime, and
+/// while the thread unwinds from a panic (tokio's thread-local context may be borrowed then,
+/// by the very call that panicked, and entering the runtime would panic again and abort).
+fn must_not_block() -> bool {
+    std::thread::panicking() || Handle::try_current().is_ok()
 }
 
 /// Refuses a blocking call made inside an async runtime.

@@ -80,16 +80,45 @@ pub(crate) async fn queue(
                 Primitive::Election => EntryKind::Candidate,
                 _ => EntryKind::Lock,
             };
-            read_prefix(session, &base)
+            let (direct, nested): (Vec<_>, Vec<_>) = read_prefix(session, &base)
                 .await?
                 .into_iter()
-                .filter(|kv| is_direct_child(base.as_bytes(), kv.key()))
-                .map(|kv| (kind, kv))
-                .collect()
+                .partition(|kv| is_direct_child(base.as_bytes(), kv.key()));
+            let oldest_nested = nested.iter().map(KeyValue::create_revision).min();
+            let keyed = direct.into_iter().map(|kv| (kind, kv)).collect();
+            let mut ttls = Ttls::default();
+            let mut info = build(session, name, primitive, keyed, &mut ttls).await?;
+            demote_blocked_go_holder(&mut info, oldest_nested);
+            return Ok(info);
         }
     };
     let mut ttls = Ttls::default();
     build(session, name, primitive, keyed, &mut ttls).await
+}
+
+/// A lock key of `etcdctl lock` or Go's `concurrency.Mutex` (an empty value, where
+/// locksmith's lock has a `locksmith-…` marker) waits, as Go does, for every older key under
+/// `NAME/`, also those of nested names (`NAME/b/…`), which locksmith's own clients keep
+/// apart. Such a key at the head of the queue does not hold while a nested key older than it
+/// (`oldest_nested`, a create revision) is left: it is the first waiter. Candidates (a
+/// proposal for a value) are left as they are: Go's and locksmith's look alike, and only
+/// Go's wait for nested keys.
+fn demote_blocked_go_holder(info: &mut QueueInfo, oldest_nested: Option<i64>) {
+    let Some(oldest_nested) = oldest_nested.and_then(|rev| u64::try_from(rev).ok()) else {
+        return;
+    };
+    if info.primitive != Primitive::Lock {
+        return;
+    }
+    let blocked = info.holders.first().is_some_and(|holder| {
+        let go_mutex = holder.value.as_deref().is_some_and(<[u8]>::is_empty);
+        let rev = holder.fencing_token.map(FencingToken::get);
+        go_mutex && rev.is_some_and(|rev| oldest_nested < rev)
+    });
+    if blocked {
+        let holders = std::mem::take(&mut info.holders);
+        info.waiters.splice(0..0, holders);
+    }
 }
 
 /// Every queue under `prefix`; see [`locksmith_api::QueueView::queues`].
@@ -97,7 +126,10 @@ pub(crate) async fn queues(session: &Session, prefix: &str) -> Result<Vec<QueueI
     session.check_alive()?;
     let mut found = Found::default();
     let namespace = session.namespace.as_bytes();
+    // Every key read, by key: what a Go client of a lock waits for under its prefix.
+    let mut revisions: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
     for kv in read_prefix(session, &format!("{}{prefix}", session.namespace)).await? {
+        revisions.insert(kv.key().to_vec(), kv.create_revision());
         let Some(rest) = kv.key().strip_prefix(namespace) else {
             continue;
         };
@@ -144,7 +176,19 @@ pub(crate) async fn queues(session: &Session, prefix: &str) -> Result<Vec<QueueI
         .into_iter()
         .filter(|(_, (_, keyed))| keyed.iter().any(|(_, kv)| kv.lease() != 0));
     for ((name, _), (primitive, keyed)) in queues {
-        all.push(build(session, &name, primitive, keyed, &mut ttls).await?);
+        let mut info = build(session, &name, primitive, keyed, &mut ttls).await?;
+        if primitive == Primitive::Lock {
+            // Keys nested under the name: deeper than its direct children.
+            let base = format!("{}{name}/", session.namespace).into_bytes();
+            let oldest_nested = revisions
+                .range(base.clone()..)
+                .take_while(|(key, _)| key.starts_with(&base))
+                .filter(|(key, _)| !is_direct_child(&base, key))
+                .map(|(_, rev)| *rev)
+                .min();
+            demote_blocked_go_holder(&mut info, oldest_nested);
+        }
+        all.push(info);
     }
     Ok(all)
 }

@@ -85,9 +85,10 @@ impl MemoryLock {
 #[async_trait]
 impl LeaderElection for MemoryLock {
     async fn campaign(&self, name: &str, value: &[u8]) -> Result<Leadership, LockError> {
-        let campaigning = self.enter_campaign(name, value);
         self.telemetry()
-            .acquire(AcquireKind::Campaign, name, campaigning)
+            .acquire_with(AcquireKind::Campaign, name, || {
+                self.enter_campaign(name, value)
+            })
             .await
     }
 

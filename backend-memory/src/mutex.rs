@@ -10,16 +10,16 @@ use crate::session::MemoryLock;
 #[async_trait]
 impl DistributedLock for MemoryLock {
     async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
-        let locking = self.hold(Claim::Lock, name);
         self.telemetry()
-            .acquire(AcquireKind::Lock, name, locking)
+            .acquire_with(AcquireKind::Lock, name, || self.hold(Claim::Lock, name))
             .await
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        let trying = async { self.try_hold(Claim::Lock, name) };
         self.telemetry()
-            .acquire(AcquireKind::TryLock, name, trying)
+            .acquire_with(AcquireKind::TryLock, name, || async {
+                self.try_hold(Claim::Lock, name)
+            })
             .await
     }
 

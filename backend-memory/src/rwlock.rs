@@ -18,30 +18,30 @@ use crate::session::MemoryLock;
 #[async_trait]
 impl DistributedRwLock for MemoryLock {
     async fn read(&self, name: &str) -> Result<LockGuard, LockError> {
-        let reading = self.hold(Claim::Read, name);
         self.telemetry()
-            .acquire(AcquireKind::Read, name, reading)
+            .acquire_with(AcquireKind::Read, name, || self.hold(Claim::Read, name))
             .await
     }
 
     async fn try_read(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        let trying = async { self.try_hold(Claim::Read, name) };
         self.telemetry()
-            .acquire(AcquireKind::TryRead, name, trying)
+            .acquire_with(AcquireKind::TryRead, name, || async {
+                self.try_hold(Claim::Read, name)
+            })
             .await
     }
 
     async fn write(&self, name: &str) -> Result<LockGuard, LockError> {
-        let writing = self.hold(Claim::Write, name);
         self.telemetry()
-            .acquire(AcquireKind::Write, name, writing)
+            .acquire_with(AcquireKind::Write, name, || self.hold(Claim::Write, name))
             .await
     }
 
     async fn try_write(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        let trying = async { self.try_hold(Claim::Write, name) };
         self.telemetry()
-            .acquire(AcquireKind::TryWrite, name, trying)
+            .acquire_with(AcquireKind::TryWrite, name, || async {
+                self.try_hold(Claim::Write, name)
+            })
             .await
     }
 }

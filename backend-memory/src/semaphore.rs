@@ -16,16 +16,18 @@ use crate::session::MemoryLock;
 #[async_trait]
 impl DistributedSemaphore for MemoryLock {
     async fn acquire(&self, name: &str, limit: u32) -> Result<LockGuard, LockError> {
-        let acquiring = self.hold(Claim::Permit { limit }, name);
         self.telemetry()
-            .acquire(AcquireKind::Acquire, name, acquiring)
+            .acquire_with(AcquireKind::Acquire, name, || {
+                self.hold(Claim::Permit { limit }, name)
+            })
             .await
     }
 
     async fn try_acquire(&self, name: &str, limit: u32) -> Result<Option<LockGuard>, LockError> {
-        let trying = async { self.try_hold(Claim::Permit { limit }, name) };
         self.telemetry()
-            .acquire(AcquireKind::TryAcquire, name, trying)
+            .acquire_with(AcquireKind::TryAcquire, name, || async {
+                self.try_hold(Claim::Permit { limit }, name)
+            })
             .await
     }
 }

@@ -186,3 +186,120 @@ fn scripted_run_is_counted() {
         "c never held anything"
     );
 }
+
+/// The gauges come back to 0: waits given up (timed out, aborted, dropped unpolled after
+/// the grant), holds revoked and then unlocked or dropped, a leadership lost; each end is
+/// recorded once.
+#[test]
+fn gauges_return_to_zero_after_cancelled_waits_and_lost_holds() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    let (a_id, b_id) = runtime.block_on(async {
+        let store = MemoryStore::new();
+        let (a, b) = (store.connect().unwrap(), store.connect().unwrap());
+        let held = a.lock("x").await.unwrap();
+        for _ in 0..3 {
+            let gave_up = tokio::time::timeout(Duration::from_millis(5), b.lock("x")).await;
+            assert!(gave_up.is_err());
+        }
+        let waiter = b.clone();
+        let waiting = tokio::spawn(async move { waiter.lock("x").await });
+        while store.queue_len("x") < 2 {
+            tokio::task::yield_now().await;
+        }
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        // Granted while nobody polls it, then dropped: counts as cancelled, holds nothing.
+        let mut late = Box::pin(b.lock("x"));
+        assert!(futures_poll_once(late.as_mut()).await.is_none());
+        drop(held);
+        drop(late);
+        assert_eq!(store.queue_len("x"), 0);
+
+        // Holds lost: one unlocked after the loss, one dropped, one leadership.
+        let revoked = a.lock("r").await.unwrap();
+        assert!(store.revoke("r"));
+        assert!(revoked.unlock().await.is_err());
+        let dropped = a.read("rw").await.unwrap();
+        assert_eq!(store.revoke_rwlock("rw"), 1);
+        drop(dropped);
+        let leading = b.campaign("e", b"b").await.unwrap();
+        assert!(store.revoke("e"));
+        assert_eq!(leading.lost().await, LossReason::Deleted);
+        drop(leading);
+        (hex(&a), hex(&b))
+    });
+    let values: BTreeMap<Series, DebugValue> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let key = key.key();
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            ((key.name().to_owned(), labels), value)
+        })
+        .collect();
+    let gauge = |name: &str, session: &str| match values.get(&series(
+        name,
+        &[("backend", "memory"), ("session", session)],
+    )) {
+        Some(DebugValue::Gauge(v)) => v.into_inner(),
+        other => panic!("{name} {session}: {other:?}"),
+    };
+    let counter = |name: &str, labels: &[(&str, &str)]| match values.get(&series(name, labels)) {
+        Some(DebugValue::Counter(n)) => *n,
+        other => panic!("{name} {labels:?}: {other:?}"),
+    };
+    let histogram_len =
+        |name: &str, labels: &[(&str, &str)]| match values.get(&series(name, labels)) {
+            Some(DebugValue::Histogram(v)) => v.len(),
+            None => 0,
+            other => panic!("{name} {labels:?}: {other:?}"),
+        };
+    assert_eq!(gauge("locksmith_waiters", &b_id), 0.0);
+    assert_eq!(gauge("locksmith_holds", &b_id), 0.0);
+    assert_eq!(gauge("locksmith_holds", &a_id), 0.0);
+    let cancelled = [
+        ("backend", "memory"),
+        ("kind", "lock"),
+        ("outcome", "cancelled"),
+    ];
+    assert_eq!(counter("locksmith_acquisitions_total", &cancelled), 5);
+    // The lock's one dropped hold is `held` of x; the late grant never became a hold.
+    for (kind, dropped) in [("lock", 1), ("read", 0), ("campaign", 0)] {
+        let lost = [("backend", "memory"), ("kind", kind), ("reason", "deleted")];
+        assert_eq!(counter("locksmith_losses_total", &lost), 1, "{kind}");
+        let h = |end| [("backend", "memory"), ("kind", kind), ("end", end)];
+        assert_eq!(
+            histogram_len("locksmith_hold_seconds", &h("lost")),
+            1,
+            "{kind}"
+        );
+        let ends = (
+            histogram_len("locksmith_hold_seconds", &h("released")),
+            histogram_len("locksmith_hold_seconds", &h("dropped")),
+        );
+        assert_eq!(ends, (0, dropped), "{kind}: a lost hold ends once");
+    }
+}
+
+/// Polls `future` once; `Some` with its output if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut future: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}

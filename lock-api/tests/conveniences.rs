@@ -272,3 +272,43 @@ async fn sessions_and_tables_have_debug() {
     let _ticket = table.try_acquire("a", 1).unwrap();
     assert_eq!(format!("{table:?}"), "LockTable { active_names: 1, .. }");
 }
+
+/// A panic in the future unwinds through `with_lock`: the guard is dropped on the way out,
+/// so the lock passes on, and nothing is poisoned (the same session takes it again).
+#[tokio::test]
+async fn a_panicking_with_lock_future_releases_and_poisons_nothing() {
+    let store = MemoryStore::new();
+    let (a, b) = (store.connect().unwrap(), store.connect().unwrap());
+    let (started_tx, started) = oneshot::channel();
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let _ = within(started).await;
+            b.lock("ledger").await.map(|guard| guard.fencing_token())
+        }
+    });
+    let session = a.clone();
+    let task = tokio::spawn(async move {
+        session
+            .with_lock("ledger", async move {
+                let _ = started_tx.send(());
+                tokio::task::yield_now().await;
+                panic!("the work failed");
+            })
+            .await
+    });
+    assert!(within(task).await.unwrap_err().is_panic());
+    let token = within(waiter)
+        .await
+        .unwrap()
+        .expect("the waiter gets the lock");
+    assert_eq!(
+        store.queue_len("ledger"),
+        0,
+        "the waiter's guard is gone too"
+    );
+    let again = within(a.with_lock("ledger", async { 7 })).await.unwrap();
+    assert_eq!(again, 7);
+    let next = within(b.lock("ledger")).await.unwrap();
+    assert!(next.fencing_token() > token);
+}

@@ -254,3 +254,207 @@ fn etcd_session_lives_while_the_caller_blocks_elsewhere() {
     assert!(waiter.join().unwrap());
     assert!(started.elapsed() < GUARD);
 }
+
+#[test]
+fn a_guard_dropped_on_another_thread_releases() {
+    let (a, b) = (client("blocking-moved"), client("blocking-moved"));
+    let guard = a.lock("job").unwrap();
+    let token = guard.fencing_token();
+    std::thread::spawn(move || drop(guard)).join().unwrap();
+    let next = b
+        .try_lock("job")
+        .unwrap()
+        .expect("released by the other thread");
+    assert!(next.fencing_token() > token);
+}
+
+/// The last handle of a client is a guard, dropped inside a tokio runtime (a worker of a
+/// multi-thread one, a current-thread one, a task): no panic, and the lock passes on.
+#[test]
+fn a_guard_outliving_its_client_drops_inside_runtimes_without_panic() {
+    let store = "blocking-outlive";
+    let other = client(store);
+    let multi = tokio::runtime::Runtime::new().unwrap();
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        let guard = client(store).lock("job").unwrap();
+        assert_eq!(MemoryStore::named(store).queue_len("job"), 1);
+        match round {
+            0 => multi.block_on(async move { drop(guard) }),
+            1 => single.block_on(async move { drop(guard) }),
+            _ => multi
+                .block_on(multi.spawn(async move { drop(guard) }))
+                .unwrap(),
+        }
+        wait_for_queue(store, "job", 0);
+        drop(other.try_lock("job").unwrap().expect("released"));
+    }
+}
+
+/// A timed-out `lock_timeout` leaves no hold behind, also when the grant comes just as the
+/// time runs out (the granted future is dropped unpolled): at most one holder at any time,
+/// and the queue is empty after every round.
+#[test]
+fn lock_timeout_racing_a_grant_leaves_no_hold() {
+    let store = "blocking-race";
+    let (a, b, c) = (client(store), client(store), client(store));
+    let (mut granted, mut timed_out) = (0, 0);
+    for round in 0..200u64 {
+        let held = a.lock("job").unwrap();
+        let b = b.clone();
+        let waiter =
+            std::thread::spawn(move || b.lock_timeout("job", Duration::from_millis(2)).unwrap());
+        // Queued, or already timed out (2 ms is short on a loaded machine).
+        let deadline = Instant::now() + GUARD;
+        while MemoryStore::named(store).queue_len("job") != 2 && !waiter.is_finished() {
+            assert!(Instant::now() < deadline, "the waiter never queued");
+            std::thread::yield_now();
+        }
+        // Released from well before to just after the waiter's time runs out.
+        std::thread::sleep(Duration::from_micros((round % 10) * 250));
+        drop(held);
+        match waiter.join().unwrap() {
+            Some(guard) => {
+                granted += 1;
+                assert!(c.try_lock("job").unwrap().is_none(), "two holders");
+                drop(guard);
+            }
+            None => timed_out += 1,
+        }
+        wait_for_queue(store, "job", 0);
+        drop(c.try_lock("job").unwrap().expect("nothing left behind"));
+    }
+    eprintln!("granted {granted}, timed out {timed_out}");
+}
+
+/// Closing a client while another thread of it waits: the wait fails with `SessionLost`
+/// and its entry leaves the queue.
+#[test]
+fn closing_a_client_fails_its_waiting_threads() {
+    let store = "blocking-close-waiter";
+    let (a, b) = (client(store), client(store));
+    let held = a.lock("job").unwrap();
+    let waiting = b.clone();
+    let waiter = std::thread::spawn(move || waiting.lock("job").map(drop));
+    wait_for_queue(store, "job", 2);
+    b.close().unwrap();
+    match waiter.join().unwrap() {
+        Err(err) => assert!(err.is_session_lost(), "{err}"),
+        Ok(()) => panic!("a closed client's wait succeeded"),
+    }
+    assert_eq!(MemoryStore::named(store).queue_len("job"), 1);
+    assert!(!held.is_lost());
+    drop(b);
+    drop(held);
+    assert!(a.try_lock("job").unwrap().is_some());
+}
+
+/// `spawn_blocking` runs on a thread inside the runtime's context: the client refuses there
+/// (typed error, no panic), as the module docs say, and a guard dropped there still releases.
+#[test]
+fn spawn_blocking_is_inside_the_runtime_and_refused() {
+    let store = "blocking-spawn-blocking";
+    let outside = client(store);
+    let guard = outside.lock("job").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let inner = outside.clone();
+    let refused = runtime
+        .block_on(runtime.spawn_blocking(move || {
+            let refused = inner.try_lock("other").map(drop);
+            drop(guard);
+            refused
+        }))
+        .unwrap();
+    match refused {
+        Err(err @ LockError::InvalidConfig { .. }) => {
+            assert!(err.to_string().contains("inside an async runtime"), "{err}")
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_for_queue(store, "job", 0);
+    assert!(outside.try_lock("job").unwrap().is_some());
+}
+
+/// On etcd, `lock_timeout` racing the grant: whichever way each round goes, at most one
+/// holder at a time, and nothing is left behind (a third client then gets the lock).
+#[cfg(feature = "etcd-testing")]
+#[test]
+fn etcd_lock_timeout_racing_a_grant_leaves_no_hold() {
+    use locksmith_etcd::testing::EtcdServer;
+
+    let etcd = EtcdServer::start().expect("etcd (run `make test`, which installs it)");
+    let config: LockConfig = format!("etcd://{}/blocking-race/", etcd.endpoint())
+        .parse()
+        .unwrap();
+    let connect = || Client::connect(&config).unwrap();
+    let (a, b, c) = (connect(), connect(), connect());
+    let (mut granted, mut timed_out) = (0, 0);
+    for round in 0..40u64 {
+        let held = a.lock("job").unwrap();
+        let waiting = b.clone();
+        let waiter = std::thread::spawn(move || {
+            waiting
+                .lock_timeout("job", Duration::from_millis(20))
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(5 + (round % 8) * 4));
+        drop(held);
+        match waiter.join().unwrap() {
+            Some(guard) => {
+                granted += 1;
+                assert!(c.try_lock("job").unwrap().is_none(), "two holders");
+                drop(guard);
+            }
+            None => timed_out += 1,
+        }
+        let next = c.lock_timeout("job", GUARD).unwrap();
+        drop(next.expect("a timed-out or released wait left a hold behind"));
+    }
+    eprintln!("granted {granted}, timed out {timed_out}");
+}
+
+/// A guard kept in a thread-local is dropped while the thread's locals are torn down, where
+/// tokio's own thread-local context may be gone already: no panic, and the lock passes on.
+#[test]
+fn a_guard_in_a_thread_local_releases_at_thread_exit() {
+    use std::cell::RefCell;
+    thread_local! {
+        static KEPT: RefCell<Option<locksmith::blocking::LockGuard>> = const { RefCell::new(None) };
+    }
+    let store = "blocking-thread-local";
+    let (a, b) = (client(store), client(store));
+    let keeper = std::thread::spawn(move || {
+        // `lock` has used tokio's thread-local context before the guard is stored.
+        let guard = a.lock("job").unwrap();
+        KEPT.with(|kept| *kept.borrow_mut() = Some(guard));
+    });
+    keeper.join().expect("the thread exits without a panic");
+    wait_for_queue(store, "job", 0);
+    assert!(b.try_lock("job").unwrap().is_some());
+}
+
+/// A guard dropped while its thread unwinds, inside tokio code that holds tokio's thread-local
+/// context (here `tokio::spawn` called outside a runtime, which panics and drops the task,
+/// our guard with it): the drop must not enter a runtime, which would panic again and abort
+/// the process. The panic stays the caller's, catchable; the lock passes on.
+#[test]
+fn a_guard_dropped_while_unwinding_inside_tokio_does_not_abort() {
+    let store = "blocking-unwinding";
+    let (a, b) = (client(store), client(store));
+    for last_handle in [false, true] {
+        let guard = if last_handle {
+            client(store).lock("job").unwrap()
+        } else {
+            a.lock("job").unwrap()
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            drop(tokio::spawn(async move { drop(guard) }));
+        }));
+        assert!(outcome.is_err(), "tokio::spawn outside a runtime panics");
+        wait_for_queue(store, "job", 0);
+        drop(b.try_lock("job").unwrap().expect("released"));
+    }
+}

@@ -409,3 +409,194 @@ async fn queue_and_queues_read_the_layouts_under_a_namespace() {
     assert_eq!(b.queues("jobs/").await.unwrap()[0].name, "jobs/nightly");
     drop((outer, inner, permit));
 }
+
+/// The holder `status` reports must be the one actually holding. `etcdctl lock a` (Go's
+/// `concurrency.Mutex`) ranges over `a/`, so an older key of the nested lock `a/b` keeps it
+/// waiting: `status a` and `list` must show it waiting, not holding, until `a/b` is released.
+#[test]
+fn status_does_not_call_a_waiting_etcdctl_the_holder_behind_a_nested_name() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let mut nested = Running::spawn(locksmith(&endpoint, &["lock", "a/b"]));
+    let nested_key = nested.line();
+    let theirs = Running::spawn(etcdctl(&endpoint, &["lock", "a"]));
+    let queue = until_queued(&endpoint, "a", &["--lock"], 1);
+    // etcdctl prints its key once it holds the lock; it waits behind a/b instead.
+    let acquired = theirs.lines.recv_timeout(Duration::from_secs(1)).ok();
+    assert_eq!(
+        acquired, None,
+        "etcdctl took `a` while `{nested_key}` was held"
+    );
+    let holders = keys(&queue, "holders");
+    assert!(
+        holders.is_empty(),
+        "status says {holders:?} holds `a`, but etcdctl waits behind {nested_key}"
+    );
+    let waiting = keys(&queue, "waiters");
+    assert_eq!(waiting.len(), 1);
+    let listed = run(&endpoint, &["list", "a"]);
+    let rows: Vec<Vec<&str>> = listed.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert_eq!(
+        (rows[0][0], rows[0][2], rows[0][3]),
+        ("a", "-", "waiting 1"),
+        "{listed}"
+    );
+    assert!(rows[1][2].starts_with(&nested_key), "{listed}");
+
+    // Once a/b is released, etcdctl holds `a`, and status says so.
+    nested.terminate();
+    assert_eq!(theirs.line(), waiting[0]);
+    let queue = until_queued(&endpoint, "a", &["--lock"], 1);
+    assert_eq!(keys(&queue, "holders"), waiting);
+    drop(theirs);
+}
+
+/// One name used by every primitive, nested names and semaphore names with `/` and `%`: each
+/// queue keeps its own entries, `queues` finds each once under the prefixes that match it,
+/// and every reported holder is one that another session's `try_*` finds holding.
+#[tokio::test]
+async fn queues_keep_shared_prefixes_apart_and_name_the_real_holders() {
+    use locksmith::{
+        DistributedLock, DistributedRwLock, DistributedSemaphore, LeaderElection, Primitive,
+        QueueView,
+    };
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let config: locksmith::EtcdConfig =
+        match locksmith::LockConfig::from_url(&format!("etcd://{endpoint}/")).unwrap() {
+            locksmith::LockConfig::Etcd(config) => config,
+            _ => unreachable!("an etcd URL"),
+        };
+    let a = locksmith::EtcdLock::connect(&config).await.unwrap();
+    let b = locksmith::EtcdLock::connect(&config).await.unwrap();
+    let lock = a.lock("x").await.unwrap();
+    let nested = b.lock("x/read").await.unwrap();
+    let reading = a.read("x").await.unwrap();
+    let permit = b.acquire("x", 1).await.unwrap();
+    let slash = a.acquire("p/a/b", 2).await.unwrap();
+    let percent = b.acquire("p/a%2Fb", 2).await.unwrap();
+    let percent_too = a.acquire("p/a%2Fb", 2).await.unwrap();
+
+    let x = a.queue("x", Primitive::Lock).await.unwrap();
+    assert_eq!(x.holders.len(), 1, "{x:?}");
+    assert!(x.waiters.is_empty(), "{x:?}");
+    assert_eq!(x.holders[0].key, lock.key());
+    let rw = a.queue("x", Primitive::RwLock).await.unwrap();
+    let rw_keys: Vec<&str> = rw.holders.iter().map(|e| e.key.as_str()).collect();
+    // `x/read`'s lock key sits among the readers' keys of `x` (Go's layout cannot tell them
+    // apart) and is shown as a reader: a writer of `x` would wait for it as for one.
+    assert!(rw_keys.contains(&reading.key()), "{rw:?}");
+    let sem = a.queue("x", Primitive::Semaphore).await.unwrap();
+    assert_eq!(sem.holders.len(), 1);
+    assert_eq!(sem.holders[0].key, permit.key());
+    assert_eq!(sem.limit, Some(1));
+    let slash_q = a.queue("p/a/b", Primitive::Semaphore).await.unwrap();
+    assert_eq!(slash_q.len(), 1);
+    assert_eq!(slash_q.holders[0].key, slash.key());
+    let percent_q = a.queue("p/a%2Fb", Primitive::Semaphore).await.unwrap();
+    assert_eq!(percent_q.holders.len(), 2);
+    assert_eq!(percent_q.limit, Some(2));
+
+    // The holders reported are the holders: another session's try_* calls find them taken.
+    let c = locksmith::EtcdLock::connect(&config).await.unwrap();
+    assert!(c.try_lock("x").await.unwrap().is_none());
+    assert!(c.try_write("x").await.unwrap().is_none());
+    assert!(c.try_acquire("x", 1).await.unwrap().is_none());
+    assert!(c.try_acquire("p/a%2Fb", 2).await.unwrap().is_none());
+    assert!(c.try_acquire("p/a/b", 2).await.unwrap().is_some());
+
+    let names = |queues: Vec<locksmith::QueueInfo>| -> Vec<(String, Primitive)> {
+        queues.into_iter().map(|q| (q.name, q.primitive)).collect()
+    };
+    let under_p = names(a.queues("p/a").await.unwrap());
+    assert_eq!(
+        under_p,
+        [
+            ("p/a%2Fb".to_owned(), Primitive::Semaphore),
+            ("p/a/b".to_owned(), Primitive::Semaphore)
+        ]
+    );
+    assert_eq!(
+        names(a.queues("p/a%").await.unwrap()),
+        [("p/a%2Fb".to_owned(), Primitive::Semaphore)]
+    );
+    assert_eq!(
+        names(a.queues("p/a/").await.unwrap()),
+        [("p/a/b".to_owned(), Primitive::Semaphore)]
+    );
+    let under_x = names(a.queues("x").await.unwrap());
+    assert!(
+        under_x.contains(&("x".to_owned(), Primitive::Lock)),
+        "{under_x:?}"
+    );
+    assert!(
+        under_x.contains(&("x".to_owned(), Primitive::RwLock)),
+        "{under_x:?}"
+    );
+    assert!(
+        under_x.contains(&("x".to_owned(), Primitive::Semaphore)),
+        "{under_x:?}"
+    );
+    // A locksmith election ignores nested names' keys, older or not: its leader leads.
+    let nested_first = b.lock("e/x").await.unwrap();
+    let leading = a.campaign("e", b"host-a").await.unwrap();
+    let e = c.queue("e", Primitive::Election).await.unwrap();
+    assert_eq!(e.holders.len(), 1, "{e:?}");
+    assert_eq!(e.holders[0].key, leading.key());
+    let e = c.queue("e", Primitive::Lock).await.unwrap();
+    assert_eq!(e.holders.len(), 1, "{e:?}");
+    let listed = c.queues("e").await.unwrap();
+    assert_eq!(listed[0].name, "e");
+    assert_eq!(listed[0].holders.len(), 1, "{listed:?}");
+    drop((leading, nested_first));
+    drop((lock, nested, reading, permit, slash, percent, percent_too));
+}
+
+/// `--json` is for scripts: the field names of a queue and of an entry are a contract, the
+/// same for `status` and `list`, and every value has its documented JSON type.
+#[test]
+fn json_fields_are_stable() {
+    let server = etcd();
+    let endpoint = server.endpoint();
+    let holder = Running::spawn(locksmith(&endpoint, &["lock", "jobs/json"]));
+    holder.line();
+    let queue = until_queued(&endpoint, "jobs/json", &[], 1);
+    let listed: Value =
+        serde_json::from_str(&run(&endpoint, &["list", "--json", "jobs/"])).unwrap();
+    for queue in [&queue, &listed[0]] {
+        let mut fields: Vec<&str> = queue
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort();
+        assert_eq!(fields, ["holders", "limit", "name", "primitive", "waiters"]);
+        let entry = &queue["holders"][0];
+        let mut fields: Vec<&str> = entry
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "fencing_token",
+                "key",
+                "kind",
+                "lease_id",
+                "ttl_left_secs",
+                "value"
+            ]
+        );
+        assert!(entry["key"].is_string() && entry["kind"].is_string());
+        assert!(entry["lease_id"].is_string(), "hex, as in the keys");
+        assert!(entry["ttl_left_secs"].is_u64() && entry["fencing_token"].is_u64());
+        assert!(entry["value"].is_string());
+        assert!(queue["limit"].is_null());
+    }
+    drop(holder);
+}

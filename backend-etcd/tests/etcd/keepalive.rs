@@ -124,3 +124,112 @@ fn keepalive_latency_is_recorded() {
         Some(DebugValue::Counter(1))
     ));
 }
+
+/// With the `metrics` feature, an etcd run with a cancelled wait and a revoked lease: the
+/// waiters and holds gauges come back to 0 for the revoked session and the waiter, losses
+/// are counted by reason once per hold, and the session's end by its reason.
+#[cfg(feature = "metrics")]
+#[test]
+fn revoked_holds_and_cancelled_waits_are_counted() {
+    use locksmith_api::LossReason;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = locksmith_etcd::testing::EtcdServer::start().unwrap();
+    let (a_id, b_id) = runtime.block_on(async {
+        let config = EtcdConfig::new([server.endpoint()]);
+        let connect = || async {
+            tokio::time::timeout(GUARD, EtcdLock::connect(&config))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let (a, b) = (connect().await, connect().await);
+        let x = a.lock("x").await.unwrap();
+        let y = a.lock("y").await.unwrap();
+        // A wait given up, then one that the revocation ends.
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), b.lock("y")).await;
+        assert!(gave_up.is_err());
+        let waiter = b.clone();
+        let waiting = tokio::spawn(async move { waiter.lock("x").await });
+        let mut raw = a.client();
+        // Queued: b's key under x/ is there.
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let keys = raw
+                .get(
+                    "x/",
+                    Some(locksmith_etcd::etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .unwrap();
+            if keys.kvs().len() == 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "b never queued");
+            tokio::task::yield_now().await;
+        }
+        raw.lease_revoke(a.lease_id()).await.unwrap();
+        for guard in [&x, &y] {
+            let reason = tokio::time::timeout(GUARD, guard.lost()).await.unwrap();
+            assert_eq!(reason, LossReason::Revoked);
+        }
+        let next = tokio::time::timeout(GUARD, waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        drop((x, y));
+        next.unlock().await.unwrap();
+        b.close().await.unwrap();
+        (format!("{:x}", a.lease_id()), format!("{:x}", b.lease_id()))
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        snapshot
+            .iter()
+            .find(|(key, ..)| {
+                key.key().name() == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
+            })
+            .map(|(.., value)| value)
+    };
+    let gauge = |name: &str, session: &str| match value(name, &[("session", session)]) {
+        Some(DebugValue::Gauge(v)) => v.into_inner(),
+        other => panic!("{name} {session}: {other:?}"),
+    };
+    assert_eq!(gauge("locksmith_holds", &a_id), 0.0);
+    assert_eq!(gauge("locksmith_holds", &b_id), 0.0);
+    assert_eq!(gauge("locksmith_waiters", &b_id), 0.0);
+    let lost = [("backend", "etcd"), ("kind", "lock"), ("reason", "revoked")];
+    assert!(matches!(
+        value("locksmith_losses_total", &lost),
+        Some(DebugValue::Counter(2))
+    ));
+    assert!(matches!(
+        value("locksmith_acquisitions_total", &[("outcome", "cancelled")]),
+        Some(DebugValue::Counter(1))
+    ));
+    assert!(matches!(
+        value("locksmith_sessions_ended_total", &[("reason", "revoked")]),
+        Some(DebugValue::Counter(1))
+    ));
+    match value(
+        "locksmith_hold_seconds",
+        &[("kind", "lock"), ("end", "dropped")],
+    ) {
+        None => {}
+        Some(DebugValue::Histogram(samples)) => {
+            assert!(samples.is_empty(), "a lost hold ended twice: {samples:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

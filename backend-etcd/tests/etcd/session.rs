@@ -191,3 +191,65 @@ fn session_outliving_its_runtime_reports_loss() {
         drop(session);
     });
 }
+
+/// `with_lock` on etcd: when the hold is lost while the future runs (its key deleted by an
+/// operator, then its lease revoked), the future is dropped at once and the call fails with
+/// `LockLost` and the reason; the lock passes on to a waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_drops_the_future_when_the_hold_is_lost() {
+    use locksmith_api::DistributedLockExt;
+    use tokio::sync::oneshot;
+
+    struct DropSignal(Option<oneshot::Sender<()>>);
+    impl Drop for DropSignal {
+        fn drop(&mut self) {
+            if let Some(sender) = self.0.take() {
+                let _ = sender.send(());
+            }
+        }
+    }
+
+    let etcd = Etcd::new();
+    let (a, b) = (etcd.session().await, etcd.session().await);
+    for reason in [LossReason::Deleted, LossReason::Revoked] {
+        let (key_tx, key_rx) = oneshot::channel();
+        let (dropped_tx, dropped_rx) = oneshot::channel();
+        let session = a.clone();
+        let running = tokio::spawn(async move {
+            session
+                .with_lock("job", async move {
+                    let _signal = DropSignal(Some(dropped_tx));
+                    let _ = key_tx.send(());
+                    std::future::pending::<()>().await
+                })
+                .await
+        });
+        tokio::time::timeout(GUARD, key_rx).await.unwrap().unwrap();
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.lock("job").await })
+        };
+        let mut raw = etcd.raw().await;
+        match reason {
+            LossReason::Deleted => {
+                let key = format!("{}job/{:x}", etcd.config.namespace, a.lease_id());
+                assert_eq!(raw.delete(key, None).await.unwrap().deleted(), 1);
+            }
+            _ => {
+                raw.lease_revoke(a.lease_id()).await.unwrap();
+            }
+        }
+        match tokio::time::timeout(GUARD, running).await.unwrap().unwrap() {
+            Err(LockError::LockLost { name, reason: got }) => {
+                assert_eq!((name.as_str(), got), ("job", reason))
+            }
+            other => panic!("with_lock after {reason:?} gave {other:?}"),
+        }
+        tokio::time::timeout(GUARD, dropped_rx)
+            .await
+            .unwrap()
+            .expect("the future was dropped");
+        let next = tokio::time::timeout(GUARD, waiter).await.unwrap().unwrap();
+        next.unwrap().unlock().await.unwrap();
+    }
+}
