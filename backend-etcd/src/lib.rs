@@ -201,18 +201,18 @@ impl DistributedLock for EtcdLock {
     /// A dropped future withdraws its key in the background, also when the put committed but
     /// its reply was lost; no later waiter is held up by it while the session lives.
     async fn lock(&self, name: &str) -> Result<LockGuard, LockError> {
-        let locking = mutex::lock(&self.session, name);
+        let locking = || mutex::lock(&self.session, name);
         self.session
             .telemetry
-            .acquire(AcquireKind::Lock, name, locking)
+            .acquire_with(AcquireKind::Lock, name, locking)
             .await
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        let trying = mutex::try_lock(&self.session, name);
+        let trying = || mutex::try_lock(&self.session, name);
         self.session
             .telemetry
-            .acquire(AcquireKind::TryLock, name, trying)
+            .acquire_with(AcquireKind::TryLock, name, trying)
             .await
     }
 
@@ -231,10 +231,10 @@ impl LeaderElection for EtcdLock {
     /// A dropped future withdraws its key in the background, also when the put committed but
     /// its reply was lost.
     async fn campaign(&self, name: &str, value: &[u8]) -> Result<Leadership, LockError> {
-        let campaigning = election::campaign(&self.session, name, value);
+        let campaigning = || election::campaign(&self.session, name, value);
         self.session
             .telemetry
-            .acquire(AcquireKind::Campaign, name, campaigning)
+            .acquire_with(AcquireKind::Campaign, name, campaigning)
             .await
     }
 
@@ -260,34 +260,34 @@ impl LeaderElection for EtcdLock {
 #[async_trait]
 impl DistributedRwLock for EtcdLock {
     async fn read(&self, name: &str) -> Result<LockGuard, LockError> {
-        let reading = rwlock::acquire(&self.session, name, rwlock::Side::Read);
+        let reading = || rwlock::acquire(&self.session, name, rwlock::Side::Read);
         self.session
             .telemetry
-            .acquire(AcquireKind::Read, name, reading)
+            .acquire_with(AcquireKind::Read, name, reading)
             .await
     }
 
     async fn try_read(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        let trying = rwlock::try_acquire(&self.session, name, rwlock::Side::Read);
+        let trying = || rwlock::try_acquire(&self.session, name, rwlock::Side::Read);
         self.session
             .telemetry
-            .acquire(AcquireKind::TryRead, name, trying)
+            .acquire_with(AcquireKind::TryRead, name, trying)
             .await
     }
 
     async fn write(&self, name: &str) -> Result<LockGuard, LockError> {
-        let writing = rwlock::acquire(&self.session, name, rwlock::Side::Write);
+        let writing = || rwlock::acquire(&self.session, name, rwlock::Side::Write);
         self.session
             .telemetry
-            .acquire(AcquireKind::Write, name, writing)
+            .acquire_with(AcquireKind::Write, name, writing)
             .await
     }
 
     async fn try_write(&self, name: &str) -> Result<Option<LockGuard>, LockError> {
-        let trying = rwlock::try_acquire(&self.session, name, rwlock::Side::Write);
+        let trying = || rwlock::try_acquire(&self.session, name, rwlock::Side::Write);
         self.session
             .telemetry
-            .acquire(AcquireKind::TryWrite, name, trying)
+            .acquire_with(AcquireKind::TryWrite, name, trying)
             .await
     }
 }
@@ -301,18 +301,18 @@ impl DistributedRwLock for EtcdLock {
 #[async_trait]
 impl DistributedSemaphore for EtcdLock {
     async fn acquire(&self, name: &str, limit: u32) -> Result<LockGuard, LockError> {
-        let acquiring = semaphore::acquire(&self.session, name, limit);
+        let acquiring = || semaphore::acquire(&self.session, name, limit);
         self.session
             .telemetry
-            .acquire(AcquireKind::Acquire, name, acquiring)
+            .acquire_with(AcquireKind::Acquire, name, acquiring)
             .await
     }
 
     async fn try_acquire(&self, name: &str, limit: u32) -> Result<Option<LockGuard>, LockError> {
-        let trying = semaphore::try_acquire(&self.session, name, limit);
+        let trying = || semaphore::try_acquire(&self.session, name, limit);
         self.session
             .telemetry
-            .acquire(AcquireKind::TryAcquire, name, trying)
+            .acquire_with(AcquireKind::TryAcquire, name, trying)
             .await
     }
 }

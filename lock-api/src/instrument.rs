@@ -304,7 +304,9 @@ impl SessionTelemetry {
         if Self::nothing_records() {
             start().await
         } else {
-            Box::pin(self.acquire(kind, name, start())).await
+            // Boxed twice: `acquire` keeps its argument for its whole life beside the
+            // instrumented copy, which would double the size of a large backend future.
+            Box::pin(self.acquire(kind, name, Box::pin(start()))).await
         }
     }
 

@@ -18,6 +18,7 @@ mod harness;
 mod hub;
 mod keepalive;
 mod late_requests;
+mod many_names;
 mod pitfalls;
 mod rwlock;
 mod rwlock_interop;
