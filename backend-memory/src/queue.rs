@@ -39,15 +39,7 @@ fn info(name: &str, primitive: Primitive, entries: Vec<TableEntry<HoldTag>>) -> 
         .iter()
         .take_while(|e| e.fencing_token.is_some())
         .count();
-    let mut holders = entries;
-    let waiters = holders.split_off(granted);
-    QueueInfo {
-        name: name.to_owned(),
-        primitive,
-        holders,
-        waiters,
-        limit,
-    }
+    QueueInfo::split_at(name, primitive, entries, granted, limit)
 }
 
 fn entry(name: &str, primitive: Primitive, entry: TableEntry<HoldTag>) -> QueueEntry {

@@ -133,8 +133,20 @@ impl QueueInfo {
                 entries.len().min(limit)
             }
         };
+        Self::split_at(name, primitive, entries, granted, limit)
+    }
+
+    /// The queue whose first `granted` entries of `entries` (oldest first) hold and the rest
+    /// wait: for a backend that knows the split itself (as a lock table does).
+    pub fn split_at(
+        name: &str,
+        primitive: Primitive,
+        entries: Vec<QueueEntry>,
+        granted: usize,
+        limit: Option<u32>,
+    ) -> QueueInfo {
         let mut holders = entries;
-        let waiters = holders.split_off(granted);
+        let waiters = holders.split_off(granted.min(holders.len()));
         QueueInfo {
             name: name.to_owned(),
             primitive,
