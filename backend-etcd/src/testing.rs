@@ -154,8 +154,12 @@ impl Member {
     }
 }
 
-/// True when every thread listed under `/proc/PID/task` is in the stopped state (`T`).
-fn all_threads_stopped(tasks: &Path) -> Result<bool, HarnessError> {
+/// True when every thread listed under `tasks` (`/proc/PID/task`) is in the stopped state
+/// (`T`): a SIGSTOP has taken effect, which `kill` returning does not promise.
+///
+/// # Errors
+/// Reading procfs failed.
+pub fn all_threads_stopped(tasks: &Path) -> Result<bool, HarnessError> {
     for task in std::fs::read_dir(tasks)? {
         let stat = match std::fs::read_to_string(task?.path().join("stat")) {
             Ok(stat) => stat,

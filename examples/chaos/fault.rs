@@ -149,8 +149,9 @@ impl Fault {
         }
     }
 
-    /// Injects the fault and logs it (stamped when the injection began). A fault that cannot
-    /// be injected now (no leader known, no holder, etcd busy electing) is skipped: `Ok(None)`.
+    /// Injects the fault and logs it, stamped when the injection began (a client pause: once
+    /// the client has stopped). A fault that cannot be injected now (no leader known, no
+    /// holder, etcd busy electing) is skipped: `Ok(None)`.
     pub async fn inject(self, chaos: &mut Chaos) -> Result<Option<Recovery>, Error> {
         let t = now_us();
         let recovery = match self {
@@ -189,7 +190,9 @@ impl Fault {
                 let Some(id) = chaos.clients.signal(index, "-STOP") else {
                     return Ok(None);
                 };
-                chaos.note_client(t, self.name(), id.clone());
+                // Stamped once the client has stopped: it may log acquisitions until then,
+                // and the checker cuts only holds attempted before the pause's stamp.
+                chaos.note_client(now_us(), self.name(), id.clone());
                 Some(Recovery::ContClient(index, id))
             }
             Fault::KillClient => {

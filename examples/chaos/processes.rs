@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use locksmith_etcd::testing::all_threads_stopped;
 use rand::Rng;
 
 use crate::Error;
@@ -46,12 +47,22 @@ impl Clients {
         rand::thread_rng().gen_range(0..self.running.len().max(1))
     }
 
+    /// Sends `signal` to a client; a SIGSTOP returns once every thread of the process has
+    /// stopped (`kill` returns earlier, and the client may go on for milliseconds: a pause
+    /// stamped before that would miss the holds it still takes).
     pub fn signal(&self, index: usize, signal: &str) -> Option<String> {
         let (id, child) = self.running.get(index)?;
         let ok = Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status()
             .is_ok_and(|s| s.success());
+        if ok && signal == "-STOP" {
+            let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !all_threads_stopped(&tasks).unwrap_or(true) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         ok.then(|| id.clone())
     }
 
