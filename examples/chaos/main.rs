@@ -266,8 +266,16 @@ fn count_panics(dir: &Path) -> std::io::Result<usize> {
     Ok(panics)
 }
 
+/// A new, empty directory for this run's logs. Never one left by an earlier run: process ids
+/// come round again, and the checker would read that run's events as this one's (a run of
+/// 2026-11-26 appended to a 10-hour-old directory of the same pid and saw thousands of
+/// overlaps between the two clusters' tokens).
 fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("locksmith-chaos-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros());
+    let dir = std::env::temp_dir().join(format!("locksmith-chaos-{}-{stamp}", std::process::id()));
+    // `create_dir`, not `create_dir_all`: an existing directory is an error, never reused.
+    std::fs::create_dir(&dir)?;
     Ok(dir)
 }
